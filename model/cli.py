@@ -1,12 +1,23 @@
-"""``python -m model``: generate text, pretrain the embedded checkpoint, run GRPO headless."""
+"""``python -m model``: generate text, pretrain the embedded checkpoint, run GRPO headless.
+
+Each subcommand's options live here; its work lives in the module named in ``COMMANDS``,
+which provides ``cli_main(args: argparse.Namespace) -> int``.
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib
+
+COMMANDS = {
+    "generate": "model.generate",
+    "pretrain": "model.rl.pretrain",
+    "rl": "model.rl.train",
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m model", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m model", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
 
     g = sub.add_parser("generate", help="generate text from a checkpoint directory")
@@ -18,9 +29,20 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--top-k", type=int, default=0, metavar="K", help="0 disables top-k")
     g.add_argument("--top-p", type=float, default=1.0, metavar="P")
     g.add_argument("--seed", type=int, default=0)
+
+    pt = sub.add_parser("pretrain", help="supervised pretraining of the embedded tiny model")
+    pt.add_argument("--out", default="assets/tiny-qwen3vl", metavar="DIR")
+    pt.add_argument("--steps", type=int, default=None, metavar="N")
+    pt.add_argument("--seed", type=int, default=0)
+
+    rl = sub.add_parser("rl", help="GRPO on the synthetic visual task, headless")
+    rl.add_argument("--model", default=None, metavar="DIR", help="default: the embedded model")
+    rl.add_argument("--steps", type=int, default=50, metavar="N")
+    rl.add_argument("--json", action="store_true", help="one JSON object per update")
+    rl.add_argument("--seed", type=int, default=0)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    raise SystemExit(f"python -m model: {args.command!r} is not available yet")
+    return importlib.import_module(COMMANDS[args.command]).cli_main(args)
