@@ -1,0 +1,1 @@
+"""Reinforcement learning on the embedded task: GRPO objective, training loop, pretraining."""
