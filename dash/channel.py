@@ -1,0 +1,118 @@
+"""The handoff from the rollout thread to the UI: it drops, it never waits.
+
+``emit`` (any thread) schedules delivery on the event loop with
+``loop.call_soon_threadsafe`` and returns at once: no round trip to the UI. At most
+``max_in_flight`` deliveries may be scheduled and not yet run; beyond that (the event
+loop is busy, e.g. rendering) the event is dropped. On the loop, delivery is
+``send_nowait`` into a bounded anyio memory object stream; when the UI has not drained
+it (``WouldBlock``) the event is dropped. Both drops are counted, so at any moment
+
+    sent = received + dropped + in_flight + buffered
+
+and once the producer stopped and the loop delivered everything, sent = received + dropped.
+Memory is bounded by ``max_in_flight + capacity`` events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import dataclasses
+import threading
+import time
+
+import anyio
+
+from model import telemetry as tm
+
+RATE_WINDOW_S = 1.0
+
+
+@dataclasses.dataclass(frozen=True)
+class ChannelCounts:
+    sent: int
+    received: int
+    dropped: int
+    in_flight: int
+    buffered: int
+    receive_rate: float  # events per second received over the last second
+
+
+class DroppingChannel:
+    """A ``Sink`` whose ``emit`` is safe from any thread and never blocks on the UI.
+    Create it on the event loop thread (inside ``anyio.run``)."""
+
+    def __init__(self, capacity: int = 1024, max_in_flight: int = 256) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._send, self._receive = anyio.create_memory_object_stream[tm.Event](capacity)
+        self._max_in_flight = max_in_flight
+        self._lock = threading.Lock()
+        self._sent = 0
+        self._dropped = 0
+        self._in_flight = 0
+        self._received = 0
+        # (time, received so far) at each drain over the last second, for the rate
+        self._marks = collections.deque([(time.monotonic(), 0)])
+
+    # --- producer side (any thread) ---
+
+    def emit(self, event: tm.Event) -> None:
+        with self._lock:
+            self._sent += 1
+            if self._in_flight >= self._max_in_flight:
+                self._dropped += 1
+                return
+            self._in_flight += 1
+        try:
+            self._loop.call_soon_threadsafe(self._deliver, event)
+        except RuntimeError:  # the loop has closed: nobody will read it
+            with self._lock:
+                self._in_flight -= 1
+                self._dropped += 1
+
+    # --- consumer side (event loop thread) ---
+
+    def _deliver(self, event: tm.Event) -> None:
+        try:
+            self._send.send_nowait(event)
+            dropped = 0
+        except (anyio.WouldBlock, anyio.BrokenResourceError, anyio.ClosedResourceError):
+            dropped = 1
+        with self._lock:
+            self._in_flight -= 1
+            self._dropped += dropped
+
+    def drain(self) -> list[tm.Event]:
+        """Every event buffered now, oldest first (never waits)."""
+        events: list[tm.Event] = []
+        while True:
+            try:
+                events.append(self._receive.receive_nowait())
+            except anyio.WouldBlock:
+                break
+        with self._lock:
+            self._received += len(events)
+        now = time.monotonic()
+        self._marks.append((now, self._received))
+        while len(self._marks) > 2 and now - self._marks[1][0] >= RATE_WINDOW_S:
+            self._marks.popleft()
+        return events
+
+    def counts(self) -> ChannelCounts:
+        with self._lock:
+            sent, received, dropped, in_flight = (
+                self._sent,
+                self._received,
+                self._dropped,
+                self._in_flight,
+            )
+        rate = 0.0
+        if len(self._marks) >= 2:
+            (t0, n0), (t1, n1) = self._marks[0], self._marks[-1]
+            rate = (n1 - n0) / (t1 - t0) if t1 > t0 else 0.0
+        buffered = self._receive.statistics().current_buffer_used
+        return ChannelCounts(sent, received, dropped, in_flight, buffered, rate)
+
+    def close(self) -> None:
+        self._send.close()
+        self._receive.close()

@@ -1,0 +1,234 @@
+"""The view model and the pure functions that change it.
+
+``View`` is what the telemetry said, folded event by event with ``reduce(view, event)``.
+``UiState`` is what the user chose (selected sample, layer and head, layer window,
+metric, overlays, pause), changed with ``apply(ui, command, view)``.
+``Meters`` are the app's own measurements for one frame (elapsed time, channel counts).
+Panels read a ``Frame`` of the three and nothing else; all of it is immutable.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+
+from model import telemetry as tm
+
+GENERATED_KEPT = 256  # generated token texts kept for the head detail's context strip
+STEP_TIMES_KEPT = 32  # decode step times averaged for tokens/s
+REWARDS_KEPT = 64  # reward means kept for the header's trend
+
+
+@dataclasses.dataclass(frozen=True)
+class PhaseTime:
+    """One phase of the loop: running now, and how long it took when it last ended."""
+
+    active: bool = False
+    last_ms: float | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class View:
+    """Everything the telemetry has said so far, as the panels need it."""
+
+    run: tm.RunInfo | None = None
+    prefill: tm.PrefillEvent | None = None  # prompt of the current episode
+    decode: tm.DecodeEvent | None = None  # latest sampled token
+    generated: tuple[tuple[int, str], ...] = ()  # (step, text) of this episode, last 256
+    step_ms: tuple[float, ...] = ()  # wall time of the last decode steps
+    decode_count: int = 0  # decode events folded; every one is a KV cache write
+    phases: Mapping[str, PhaseTime] = dataclasses.field(default_factory=dict)
+    active_phase: str | None = None
+    profile: tm.StepProfile | None = None
+    train: tm.TrainEvent | None = None
+    reward_history: tuple[float, ...] = ()
+    credits: Mapping[int, tm.CreditEvent] = dataclasses.field(default_factory=dict)  # by sample
+    error: tm.ErrorEvent | None = None
+
+    @property
+    def stats(self) -> tm.HeadStats | None:
+        """Per-head summaries of the latest query position (decode, else prefill)."""
+        source = self.decode or self.prefill
+        return None if source is None else source.stats
+
+    @property
+    def tokens_per_s(self) -> float | None:
+        """Decode throughput from the measured step times: batch rows x steps per second."""
+        times = [t for t in self.step_ms if t is not None and t > 0]
+        if not times:
+            return None
+        batch = self.run.batch_size if self.run else 1
+        return batch * 1000.0 * len(times) / sum(times)
+
+
+def _fold_decode(view: View, e: tm.DecodeEvent) -> View:
+    prev = view.decode
+    same_stream = prev is not None and (prev.episode, prev.sample) == (e.episode, e.sample)
+    generated = view.generated if same_stream else ()
+    generated = tuple((s, t) for s, t in generated if s < e.step) + ((e.step, e.token_text),)
+    prefill = view.prefill
+    if prefill is not None and prefill.episode != e.episode:
+        prefill = None  # the prompt shown belongs to another episode
+    return dataclasses.replace(
+        view,
+        decode=e,
+        prefill=prefill,
+        generated=generated[-GENERATED_KEPT:],
+        step_ms=(*view.step_ms, e.elapsed_ms)[-STEP_TIMES_KEPT:],
+        decode_count=view.decode_count + 1,
+    )
+
+
+def _fold_phase(view: View, e: tm.PhaseEvent) -> View:
+    before = view.phases.get(e.phase, PhaseTime())
+    phase = PhaseTime(True, before.last_ms) if e.active else PhaseTime(False, e.elapsed_ms)
+    phases = {**view.phases, e.phase: phase}
+    ended_active = not e.active and view.active_phase == e.phase
+    active = e.phase if e.active else (None if ended_active else view.active_phase)
+    view = dataclasses.replace(view, phases=phases, active_phase=active)
+    if e.active and e.phase == "prefill":
+        # a new episode starts: the previous cache and tokens are gone
+        view = dataclasses.replace(view, prefill=None, decode=None, generated=())
+    return view
+
+
+def reduce(view: View, event: tm.Event) -> View:
+    """The view after ``event``. Pure: ``view`` is not changed."""
+    match event:
+        case tm.RunInfo():
+            return View(run=event)
+        case tm.PrefillEvent():
+            return dataclasses.replace(view, prefill=event, decode=None, generated=())
+        case tm.DecodeEvent():
+            return _fold_decode(view, event)
+        case tm.PhaseEvent():
+            return _fold_phase(view, event)
+        case tm.StepProfile():
+            return dataclasses.replace(view, profile=event)
+        case tm.TrainEvent():
+            history = (*view.reward_history, event.reward_mean)[-REWARDS_KEPT:]
+            return dataclasses.replace(view, train=event, reward_history=history)
+        case tm.CreditEvent():
+            kept = {s: c for s, c in view.credits.items() if c.step == event.step}
+            return dataclasses.replace(view, credits={**kept, event.sample: event})
+        case tm.ErrorEvent():
+            return dataclasses.replace(view, error=event)
+    return view
+
+
+# --- what the user chose ----------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class UiState:
+    sample: int = 0  # batch row (GRPO group member) to watch
+    layer: int = 0  # selected decoder layer, 0-based
+    head: int = 0  # selected query head, 0-based
+    layer_top: int = 0  # first layer of the attention / KV window
+    window: int = 6  # layers in the window
+    metric: int = 0  # index into HeadStats.METRICS
+    paused: bool = False
+    help: bool = False
+    traceback: bool = False
+
+    @property
+    def metric_name(self) -> str:
+        return tm.HeadStats.METRICS[self.metric]
+
+    @property
+    def selection(self) -> tuple[int, int, int]:
+        return (self.sample, self.layer, self.head)
+
+
+def _clamp(x: int, lo: int, hi: int) -> int:
+    return max(lo, min(hi, x))
+
+
+def _sizes(view: View) -> tuple[int, int, int]:
+    """(layers, heads, samples) of the run; 1 each before RunInfo arrives."""
+    run = view.run
+    if run is None:
+        return 1, 1, 1
+    return max(1, run.num_layers), max(1, run.num_heads), max(1, run.batch_size)
+
+
+def _with_layer(ui: UiState, layer: int, layers: int) -> UiState:
+    window = min(ui.window, layers)
+    top = _clamp(ui.layer_top, layer - window + 1, layer)
+    return dataclasses.replace(ui, layer=layer, layer_top=_clamp(top, 0, layers - window))
+
+
+def apply(ui: UiState, command: str, view: View) -> UiState:
+    """The UI state after a key command (see ``dash.keymap``). Pure."""
+    layers, heads, samples = _sizes(view)
+    match command:
+        case "layer_up" | "layer_down":
+            step = -1 if command == "layer_up" else 1
+            return _with_layer(ui, _clamp(ui.layer + step, 0, layers - 1), layers)
+        case "head_left" | "head_right":
+            step = -1 if command == "head_left" else 1
+            return dataclasses.replace(ui, head=_clamp(ui.head + step, 0, heads - 1))
+        case "window_up" | "window_down":
+            window = min(ui.window, layers)
+            shift = -window if command == "window_up" else window
+            top = _clamp(ui.layer_top + shift, 0, layers - window)
+            layer = _clamp(ui.layer + top - ui.layer_top, 0, layers - 1)
+            return _with_layer(dataclasses.replace(ui, layer_top=top), layer, layers)
+        case "metric":
+            return dataclasses.replace(ui, metric=(ui.metric + 1) % len(tm.HeadStats.METRICS))
+        case "sample_prev" | "sample_next":
+            step = -1 if command == "sample_prev" else 1
+            return dataclasses.replace(ui, sample=_clamp(ui.sample + step, 0, samples - 1))
+        case "pause":
+            return dataclasses.replace(ui, paused=not ui.paused)
+        case "help":
+            return dataclasses.replace(ui, help=not ui.help, traceback=False)
+        case "traceback":
+            shown = not ui.traceback and view.error is not None
+            return dataclasses.replace(ui, traceback=shown, help=False)
+        case "close":
+            return dataclasses.replace(ui, help=False, traceback=False)
+    return ui
+
+
+def visible_layers(ui: UiState, num_layers: int, rows: int) -> range:
+    """The layers a window panel with room for ``rows`` layer rows shows: the user's
+    window, shrunk to fit, always containing the selected layer."""
+    count = max(0, min(ui.window, num_layers, rows))
+    if count == 0:
+        return range(0)
+    top = _clamp(ui.layer_top, ui.layer - count + 1, ui.layer)
+    top = _clamp(top, 0, num_layers - count)
+    return range(top, top + count)
+
+
+# --- one frame ----------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Meters:
+    """The app's own measurements at the time of a frame."""
+
+    elapsed_s: float = 0.0
+    sent: int = 0
+    received: int = 0
+    dropped: int = 0
+    receive_rate: float = 0.0  # events per second over the last second
+    flash_on: bool = True  # the flash indicators' on half-period
+    writing: bool = False  # a KV cache write arrived since the previous frame
+    status: str = "running"  # running | finished | failed | stopping
+    source: str = ""  # e.g. "replay run.jsonl x2", with skipped record count
+    colors: int = 256  # colour depth of the screen
+
+
+@dataclasses.dataclass(frozen=True)
+class Frame:
+    view: View
+    ui: UiState
+    meters: Meters
+
+
+def finite(x: float | None) -> bool:
+    """A number that arrived and can be shown."""
+    return x is not None and not (isinstance(x, float) and math.isnan(x))

@@ -1,0 +1,169 @@
+"""Hand-built telemetry events for the dashboard tests (test data, not model output).
+
+The shapes are those of a small Qwen3-VL: ``LAYERS`` decoder layers, ``HEADS`` query
+heads sharing ``KV_HEADS`` KV heads, a prompt with one image of ``IMAGE_TOKENS`` tokens.
+Values are deterministic functions of their indices so tests can assert them.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from model import telemetry as tm
+
+LAYERS, HEADS, KV_HEADS, HEAD_DIM = 8, 8, 2, 16
+CAPACITY = 256
+PROMPT = (
+    ("<|im_start|>", "user", "\n", "<|vision_start|>")
+    + ("<|image_pad|>",) * 16
+    + (
+        "<|vision_end|>",
+        "What",
+        " colour",
+        " is",
+        " the",
+        " circle",
+        "?",
+    )
+)
+IMAGE_SPAN = (4, 20)  # 16 image tokens: grid 1 x 8 x 8 patches, merged 2x2 -> 4 x 4
+IMAGE_TOKENS = IMAGE_SPAN[1] - IMAGE_SPAN[0]
+
+
+def run_info(**overrides) -> tm.RunInfo:
+    fields = dict(
+        model_name="tiny-qwen3vl",
+        random_init=False,
+        mode="grpo",
+        num_layers=LAYERS,
+        num_heads=HEADS,
+        num_kv_heads=KV_HEADS,
+        head_dim=HEAD_DIM,
+        kv_dtype_bytes=4,
+        cache_capacity=CAPACITY,
+        batch_size=4,
+        deepstack_layers=(0, 1, 2),
+        sampling={"temperature": 1.0, "top_k": 20.0, "top_p": 0.95, "max_new_tokens": 32.0},
+    )
+    fields.update(overrides)
+    return tm.RunInfo(**fields)
+
+
+def stats(seed: int = 0, layers: int = LAYERS, heads: int = HEADS) -> tm.HeadStats:
+    """max_weight[l, h] = (l * heads + h) / (layers * heads), so every cell differs."""
+    grid = np.arange(layers * heads, dtype=np.float32).reshape(layers, heads) / (layers * heads)
+    return tm.HeadStats(
+        max_weight=grid,
+        entropy=(1.0 - grid) * 2.0,
+        vision_mass=np.roll(grid, seed, axis=1),
+        sink_mass=grid[::-1].copy(),
+        argmax=(np.arange(layers * heads, dtype=np.int32).reshape(layers, heads) % 7),
+    )
+
+
+def image(pixels: bool = True) -> tm.ImageInfo:
+    thumb = None
+    if pixels:
+        ys, xs = np.mgrid[0:16, 0:16]
+        thumb = np.stack([ys * 16, xs * 16, np.full_like(ys, 128)], -1).astype(np.uint8)
+    return tm.ImageInfo(span=IMAGE_SPAN, grid_thw=(1, 8, 8), merge_size=2, pixels=thumb)
+
+
+def prefill(episode: int = 0, sample: int = 0, tokens=PROMPT, with_image: bool = True):
+    n = len(tokens)
+    positions = np.tile(np.arange(n, dtype=np.int32), (3, 1))
+    if with_image:
+        start, end = IMAGE_SPAN
+        hh, ww = np.mgrid[0:4, 0:4]
+        positions[0, start:end] = start
+        positions[1, start:end] = start + hh.ravel()
+        positions[2, start:end] = start + ww.ravel()
+        positions[:, end:] = np.arange(n - end, dtype=np.int32) + start + 4
+    return tm.PrefillEvent(
+        episode=episode,
+        sample=sample,
+        tokens=tuple(tokens),
+        token_ids=np.arange(n, dtype=np.int32),
+        positions=positions,
+        images=(image(),) if with_image else (),
+        vision_norm=12.5,
+        text_norm=0.75,
+        stats=stats(),
+        layer=0,
+        head=0,
+        attn_map=np.eye(n, dtype=np.float32),
+        cache_len=n,
+        cache_capacity=CAPACITY,
+        elapsed_ms=42.0,
+    )
+
+
+def decode(step: int, text: str = "blue", episode: int = 0, sample: int = 0, layer=0, head=0):
+    """The ``step``-th new token after ``prefill()``; its attention row puts half its mass
+    on the image token at merged cell (1, 2) and the rest evenly on text tokens."""
+    cache_len = len(PROMPT) + step + 1
+    row = np.zeros(cache_len, np.float32)
+    text_positions = [i for i in range(cache_len) if not IMAGE_SPAN[0] <= i < IMAGE_SPAN[1]]
+    row[text_positions] = 0.5 / len(text_positions)
+    row[IMAGE_SPAN[0] + 1 * 4 + 2] = 0.5
+    return tm.DecodeEvent(
+        episode=episode,
+        sample=sample,
+        step=step,
+        token_id=100 + step,
+        token_text=text,
+        prob=0.875,
+        top_ids=np.array([100 + step, 7, 8, 9, 10], np.int32),
+        top_probs=np.array([0.875, 0.05, 0.03, 0.02, 0.01], np.float32),
+        top_texts=(text, "red", "green", "a", "the"),
+        cache_len=cache_len,
+        cache_capacity=CAPACITY,
+        position=(30 + step, 30 + step, 30 + step),
+        stats=stats(seed=step),
+        layer=layer,
+        head=head,
+        attn_row=row,
+        elapsed_ms=4.0,
+        done=False,
+    )
+
+
+def train(step: int = 3, reward_mean: float = 0.625) -> tm.TrainEvent:
+    return tm.TrainEvent(
+        step=step,
+        reward_mean=reward_mean,
+        reward_std=0.25,
+        kl=0.0125,
+        loss=-0.0312,
+        clip_frac=0.1,
+        entropy=1.5,
+        grad_norm=0.8,
+        tokens_per_s=250.0,
+        rewards=np.array([1.0, 0.5, 0.5, 0.5], np.float32),
+    )
+
+
+def credit(step: int = 3, sample: int = 0) -> tm.CreditEvent:
+    return tm.CreditEvent(
+        step=step,
+        sample=sample,
+        tokens=("The", " circle", " is", " blue"),
+        credits=np.array([0.1, -0.2, 0.05, 0.8], np.float32),
+        reward=1.0,
+        advantage=0.84,
+    )
+
+
+def profile() -> tm.StepProfile:
+    return tm.StepProfile(
+        stage_ms={"mrope": 0.02, "qkv": 0.31, "attention": 0.44, "kv_write": 0.05, "sample": 0.12},
+        cache_len=40,
+    )
+
+
+def episode_events(steps: int = 3) -> list:
+    """A run up to ``steps`` decoded tokens, in the order a rollout emits them."""
+    events = [run_info(), tm.PhaseEvent("prefill", True, 0.0), prefill()]
+    events += [tm.PhaseEvent("prefill", False, 42.0), tm.PhaseEvent("decode", True, 0.0)]
+    events += [decode(i, text=f"t{i}") for i in range(steps)]
+    return events

@@ -1,0 +1,125 @@
+import dataclasses
+import functools
+
+import pytest
+
+from dash import state
+from model import telemetry as tm
+from tests.dash import events as ev
+
+
+def fold(events, view=None):
+    return functools.reduce(state.reduce, events, view or state.View())
+
+
+def test_episode_fills_prompt_tokens_and_throughput():
+    view = fold(ev.episode_events(steps=3))
+    assert view.run.num_layers == ev.LAYERS
+    assert view.prefill.tokens == ev.PROMPT
+    assert view.decode.step == 2
+    assert view.generated == ((0, "t0"), (1, "t1"), (2, "t2"))
+    assert view.decode_count == 3
+    assert view.active_phase == "decode"
+    assert view.phases["prefill"] == state.PhaseTime(False, 42.0)
+    # batch 4 x 1000 / 4 ms per step
+    assert view.tokens_per_s == pytest.approx(1000.0)
+
+
+def test_reduce_does_not_change_its_input():
+    before = fold(ev.episode_events(steps=1))
+    snapshot = dataclasses.replace(before)
+    after = state.reduce(before, ev.decode(1, "x"))
+    assert before == snapshot
+    assert after.decode.step == 1 and before.decode.step == 0
+
+
+def test_new_prefill_phase_clears_the_episode():
+    view = fold([*ev.episode_events(steps=2), tm.PhaseEvent("prefill", True, 0.0)])
+    assert view.prefill is None and view.decode is None and view.generated == ()
+    assert view.active_phase == "prefill"
+    assert view.phases["prefill"] == state.PhaseTime(True, 42.0)  # last duration kept
+
+
+def test_phase_end_clears_only_its_own_activity():
+    view = fold([tm.PhaseEvent("decode", True, 0.0), tm.PhaseEvent("reward", False, 3.0)])
+    assert view.active_phase == "decode"
+    view = state.reduce(view, tm.PhaseEvent("decode", False, 120.0))
+    assert view.active_phase is None and view.phases["decode"].last_ms == 120.0
+
+
+def test_dropped_steps_leave_gaps_and_other_episode_drops_prompt():
+    view = fold([*ev.episode_events(steps=1), ev.decode(5, "late")])
+    assert view.generated == ((0, "t0"), (5, "late"))
+    view = state.reduce(view, ev.decode(0, "new", episode=1))
+    assert view.prefill is None  # the prompt shown was episode 0's
+    assert view.generated == ((0, "new"),)
+
+
+def test_train_credit_error_and_run_reset():
+    view = fold([ev.run_info(), ev.train(1, 0.25), ev.train(2, 0.5)])
+    assert view.train.step == 2 and view.reward_history == (0.25, 0.5)
+    view = fold([ev.credit(3, 0), ev.credit(3, 1)], view)
+    assert set(view.credits) == {0, 1}
+    view = state.reduce(view, ev.credit(4, 1))
+    assert set(view.credits) == {1} and view.credits[1].step == 4
+    view = state.reduce(view, tm.ErrorEvent("boom", "Traceback ..."))
+    assert view.error.message == "boom"
+    assert state.reduce(view, ev.run_info()) == state.View(run=ev.run_info())
+
+
+def test_stats_come_from_decode_else_prefill():
+    view = fold(ev.episode_events(steps=0))
+    assert view.stats is view.prefill.stats
+    view = state.reduce(view, ev.decode(0))
+    assert view.stats is view.decode.stats
+
+
+def test_navigation_clamps_and_keeps_selected_layer_in_window():
+    view = state.View(run=ev.run_info())
+    ui = state.UiState(window=3)
+    for _ in range(5):
+        ui = state.apply(ui, "layer_down", view)
+    assert (ui.layer, ui.layer_top) == (5, 3)
+    for _ in range(20):
+        ui = state.apply(ui, "layer_down", view)
+    assert ui.layer == ev.LAYERS - 1
+    ui = state.apply(ui, "window_up", view)
+    assert (ui.layer, ui.layer_top) == (4, 2)
+    ui = state.apply(ui, "window_up", view)
+    assert (ui.layer, ui.layer_top) == (2, 0)  # moved as far as the window could
+    for _ in range(20):
+        ui = state.apply(ui, "head_right", view)
+    assert ui.head == ev.HEADS - 1
+    ui = state.apply(ui, "head_left", view)
+    assert ui.head == ev.HEADS - 2
+    for _ in range(9):
+        ui = state.apply(ui, "sample_next", view)
+    assert ui.sample == 3  # batch of 4
+
+
+def test_commands_before_run_info_stay_at_zero():
+    ui = state.apply(state.UiState(), "layer_down", state.View())
+    assert (ui.layer, ui.head) == (0, 0)
+
+
+def test_metric_cycles_and_overlays_toggle():
+    view = state.View(run=ev.run_info())
+    ui = state.UiState()
+    names = []
+    for _ in range(5):
+        names.append(ui.metric_name)
+        ui = state.apply(ui, "metric", view)
+    assert names == [*tm.HeadStats.METRICS, "max_weight"]
+    assert state.apply(ui, "help", view).help
+    assert not state.apply(ui, "traceback", view).traceback  # no error yet
+    with_error = dataclasses.replace(view, error=tm.ErrorEvent("x", "tb"))
+    shown = state.apply(ui, "traceback", with_error)
+    assert shown.traceback and not state.apply(shown, "close", with_error).traceback
+    assert state.apply(ui, "pause", view).paused
+
+
+def test_visible_layers_follow_selection_and_room():
+    ui = state.UiState(layer=7, layer_top=0, window=6)
+    assert state.visible_layers(ui, 8, 10) == range(2, 8)
+    assert state.visible_layers(ui, 8, 3) == range(5, 8)
+    assert state.visible_layers(state.UiState(), 8, 0) == range(0)
