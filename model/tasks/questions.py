@@ -15,12 +15,37 @@ Question types and answer formats:
 
 from __future__ import annotations
 
+import itertools
 import random
 from collections import Counter
 
-from model.tasks.scenes import COLORS, KINDS, Scene
+from model.tasks.scenes import COLORS, COLUMNS, KINDS, MAX_SHAPES, ROWS, Scene
 
 QTYPES = ("color", "where", "count", "left_of")
+TEMPLATES = {
+    "color": "what color is the {kind}?",
+    "where": "where is the {color} {kind}?",
+    "count_all": "how many shapes are there?",
+    "count_color": "how many {color} shapes are there?",
+    "count_kind": "how many {kind}s are there?",
+    "left_of": "which shape is left of the {color} {kind}?",
+}
+
+
+def all_questions() -> list[str]:
+    """Every question text the task can ask, sorted."""
+    combos = itertools.product(COLORS, KINDS)
+    return sorted(
+        {t.format(color=c, kind=k) for (c, k), t in itertools.product(combos, TEMPLATES.values())}
+    )
+
+
+def all_answers() -> list[str]:
+    """Every correct answer the task can expect, sorted."""
+    names = [f"{c} {k}" for c, k in itertools.product(COLORS, KINDS)]
+    places = [f"{r} {c}" for r, c in itertools.product(ROWS, COLUMNS)]
+    counts = [str(n) for n in range(MAX_SHAPES + 1)]
+    return sorted({*COLORS, *names, *places, *counts})
 
 
 def make_question(scene: Scene, qtype: str, rng: random.Random) -> tuple[str, str] | None:
@@ -40,7 +65,7 @@ def color_question(scene: Scene, rng: random.Random):
     if not candidates:
         return None
     shape = rng.choice(candidates)
-    return f"what color is the {shape.kind}?", shape.color
+    return TEMPLATES["color"].format(kind=shape.kind), shape.color
 
 
 def where_question(scene: Scene, rng: random.Random):
@@ -48,20 +73,20 @@ def where_question(scene: Scene, rng: random.Random):
     if not candidates:
         return None
     shape = rng.choice(candidates)
-    return f"where is the {shape.name}?", shape.place
+    return TEMPLATES["where"].format(color=shape.color, kind=shape.kind), shape.place
 
 
 def count_question(scene: Scene, rng: random.Random):
     form = rng.randrange(3)
     if form == 0:
-        return "how many shapes are there?", str(len(scene.shapes))
+        return TEMPLATES["count_all"], str(len(scene.shapes))
     if form == 1:
         color = rng.choice(list(COLORS))
         n = sum(s.color == color for s in scene.shapes)
-        return f"how many {color} shapes are there?", str(n)
+        return TEMPLATES["count_color"].format(color=color), str(n)
     kind = rng.choice(KINDS)
     n = sum(s.kind == kind for s in scene.shapes)
-    return f"how many {kind}s are there?", str(n)
+    return TEMPLATES["count_kind"].format(kind=kind), str(n)
 
 
 def left_of_question(scene: Scene, rng: random.Random):
@@ -73,7 +98,7 @@ def left_of_question(scene: Scene, rng: random.Random):
     if not pairs:
         return None
     ref, left = rng.choice(pairs)
-    return f"which shape is left of the {ref.name}?", left.name
+    return TEMPLATES["left_of"].format(color=ref.color, kind=ref.kind), left.name
 
 
 QUESTION_MAKERS = {

@@ -5,12 +5,15 @@ installable here). Images never touch it, so the reference is built with the vid
 class check skipped; everything on the image and text path is transformers' own code.
 """
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from tests.model.test_processor import make_checkpoint_dir, random_image
 
 pytestmark = pytest.mark.parity
+SHIPPED = Path(__file__).parents[2] / "assets" / "tiny-qwen3vl"
 
 
 @pytest.fixture(scope="module")
@@ -40,6 +43,25 @@ def transformers_processor(path):
         )
 
 
+def reference_batch(reference_processor, prompt, images):
+    """transformers' output for one user turn (images, then prompt) plus the assistant prefix."""
+    content = [{"type": "image", "image": image} for image in images]
+    messages = [{"role": "user", "content": [*content, {"type": "text", "text": prompt}]}]
+    return reference_processor.apply_chat_template(
+        messages, tokenize=True, add_generation_prompt=True, return_dict=True, return_tensors="np"
+    )
+
+
+def assert_same_batch(ours, reference):
+    np.testing.assert_array_equal(ours["input_ids"], reference["input_ids"])
+    if ours["pixel_values"] is None:
+        assert ours["image_grid_thw"] is None and "pixel_values" not in reference
+        return
+    assert ours["pixel_values"].dtype == reference["pixel_values"].dtype == np.float32
+    np.testing.assert_array_equal(ours["pixel_values"], reference["pixel_values"])
+    np.testing.assert_array_equal(ours["image_grid_thw"], reference["image_grid_thw"])
+
+
 @pytest.mark.parametrize(
     "sizes",
     [[], [(256, 256)], [(300, 200)], [(97, 413)], [(1000, 50)], [(256, 256), (480, 320)]],
@@ -51,16 +73,17 @@ def test_prepare_equals_transformers_processor(checkpoint_dir, sizes):
     images = [random_image(h, w, seed=i) for i, (h, w) in enumerate(sizes)]
     prompt = "which shape is left of the blue triangle?"
     ours = Processor.from_pretrained(checkpoint_dir).prepare(prompt, images)
+    assert_same_batch(ours, reference_batch(transformers_processor(checkpoint_dir), prompt, images))
 
-    content = [{"type": "image", "image": image} for image in images]
-    messages = [{"role": "user", "content": [*content, {"type": "text", "text": prompt}]}]
-    reference = transformers_processor(checkpoint_dir).apply_chat_template(
-        messages, tokenize=True, add_generation_prompt=True, return_dict=True, return_tensors="np"
-    )
-    np.testing.assert_array_equal(ours["input_ids"], reference["input_ids"])
-    if images:
-        assert ours["pixel_values"].dtype == reference["pixel_values"].dtype == np.float32
-        np.testing.assert_array_equal(ours["pixel_values"], reference["pixel_values"])
-        np.testing.assert_array_equal(ours["image_grid_thw"], reference["image_grid_thw"])
-    else:
-        assert ours["pixel_values"] is None and "pixel_values" not in reference
+
+def test_shipped_tiny_checkpoint_equals_transformers_processor():
+    from model.processor import Processor
+    from model.tasks import Task
+
+    ours = Processor.from_pretrained(SHIPPED)
+    reference = transformers_processor(SHIPPED)
+    for i in range(4):
+        e = Task("train", seed=0).sample(i)
+        assert_same_batch(
+            ours.prepare(e.question, [e.image]), reference_batch(reference, e.question, [e.image])
+        )

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from model.tasks import QTYPES, Task, split_of
+from model.tasks.questions import all_answers, all_questions
 from model.tasks.scenes import BACKGROUND, COLORS, COLUMNS, IMAGE_SIZE, ROWS, cell_center
 
 N = 200
@@ -80,6 +81,12 @@ def solve(scene, question):
 def test_every_question_is_answered_by_its_scene(examples):
     for e in examples["train"] + examples["eval"]:
         assert solve(e.scene, e.question) == e.answer, (e.scene.key(), e.question)
+
+
+def test_questions_and_answers_are_in_the_enumerated_sets(examples):
+    questions, answers = set(all_questions()), set(all_answers())
+    for e in examples["train"] + examples["eval"]:
+        assert e.question in questions and e.answer in answers
 
 
 def test_image_shows_the_scene(examples):
