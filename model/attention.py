@@ -1,0 +1,64 @@
+"""Scaled dot-product attention that also returns its weights, and the telemetry reductions
+of those weights (computed on the device, so only small summaries leave it).
+
+Grouped-query attention: query head ``h`` reads KV head ``h // (Hq / Hkv)``.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+NEG_INF = jnp.finfo(jnp.float32).min
+
+
+def attention(
+    q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array
+) -> tuple[jax.Array, jax.Array]:
+    """Softmax attention.
+
+    ``q [B, Tq, Hq, D]``, ``k, v [B, Tk, Hkv, D]``, ``mask [B, Tq, Tk]`` (True = may attend).
+    Returns ``out [B, Tq, Hq, D]`` (dtype of ``q``) and ``probs [B, Hq, Tq, Tk]`` float32.
+    Scores are taken in the inputs' dtype and the softmax in float32, as transformers does.
+    """
+    b, tq, hq, d = q.shape
+    hkv = k.shape[2]
+    q = q.reshape(b, tq, hkv, hq // hkv, d)
+    scores = jnp.einsum("bqkgd,bskd->bkgqs", q, k) * jnp.asarray(d**-0.5, q.dtype)
+    scores = jnp.where(mask[:, None, None], scores.astype(jnp.float32), NEG_INF)
+    probs = jax.nn.softmax(scores, axis=-1)
+    out = jnp.einsum("bkgqs,bskd->bqkgd", probs.astype(v.dtype), v)
+    return out.reshape(b, tq, hq, d), probs.reshape(b, hq, tq, -1)
+
+
+def head_stats(rows: jax.Array, vision: jax.Array) -> dict[str, jax.Array]:
+    """Summaries of attention rows ``rows [H, Tk]`` (each sums to 1) per head.
+
+    ``vision [Tk]`` bool marks image-token positions. Returns ``[H]`` arrays: ``max_weight``,
+    ``entropy`` (nats, ``0 log 0 = 0``), ``vision_mass``, ``sink_mass`` (weight on position
+    0) and ``argmax`` (int32).
+    """
+    logs = jnp.where(rows > 0, jnp.log(jnp.where(rows > 0, rows, 1.0)), 0.0)
+    return {
+        "max_weight": rows.max(-1),
+        "entropy": -(rows * logs).sum(-1),
+        "vision_mass": jnp.where(vision, rows, 0.0).sum(-1),
+        "sink_mass": rows[:, 0],
+        "argmax": rows.argmax(-1).astype(jnp.int32),
+    }
+
+
+def pool_max(grid: jax.Array, length: jax.Array, size: int) -> jax.Array:
+    """Block-max pool the top-left ``[length, length]`` of ``grid [T, T]`` to ``[size, size]``.
+
+    Index ``i < length`` falls in bin ``i * r // length`` with ``r = min(length, size)``, so
+    bins cover the map evenly; the maximum keeps a single strong weight visible. Only the
+    top-left ``[r, r]`` of the result is meaningful (the rest is 0).
+    """
+    n = grid.shape[0]
+    r = jnp.minimum(length, size)
+    idx = jnp.arange(n)
+    bins = jnp.where(idx < length, idx * r // jnp.maximum(length, 1), size)  # size = dropped
+    rows = jax.ops.segment_max(grid, bins, num_segments=size)  # [size, T]
+    pooled = jax.ops.segment_max(rows.T, bins, num_segments=size).T  # [size, size]
+    return jnp.maximum(pooled, 0.0)

@@ -1,0 +1,111 @@
+"""Building blocks in Hugging Face's parameter layout, and layers stacked for ``lax.scan``.
+
+Every parameter keeps the name and shape transformers gives it (``Linear.weight`` is
+``[out, in]``), so a checkpoint tensor ``model.language_model.layers.3.mlp.up_proj.weight``
+is the ``mlp.up_proj.weight`` of the stacked layers at index 3, copied without reshaping.
+
+Layers of one kind are created with ``stack(make, n, rngs)``: their parameters carry a
+leading ``[n, ...]`` axis, and ``scan(stack, body, carry, xs)`` runs them in a single
+compiled loop (one layer compiled, not ``n``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+INIT_STD = 0.02  # transformers' initializer_range
+
+
+def _normal(rngs: nnx.Rngs, shape: tuple[int, ...], dtype) -> jax.Array:
+    return (INIT_STD * jax.random.normal(rngs.params(), shape, jnp.float32)).astype(dtype)
+
+
+class Linear(nnx.Module):
+    """``y = x @ weight.T + bias`` with ``weight [out, in]``, ``bias [out]``."""
+
+    def __init__(self, d_in: int, d_out: int, *, bias: bool, dtype, rngs: nnx.Rngs):
+        self.weight = nnx.Param(_normal(rngs, (d_out, d_in), dtype))
+        self.bias = nnx.Param(jnp.zeros((d_out,), dtype)) if bias else None
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        y = jnp.einsum("...i,oi->...o", x, self.weight[...])
+        return y if self.bias is None else y + self.bias[...]
+
+
+class Embedding(nnx.Module):
+    """Token id -> row of ``weight [num, dim]``."""
+
+    def __init__(self, num: int, dim: int, *, dtype, rngs: nnx.Rngs):
+        self.weight = nnx.Param(_normal(rngs, (num, dim), dtype))
+
+    def __call__(self, ids: jax.Array) -> jax.Array:
+        return jnp.take(self.weight[...], ids, axis=0)
+
+
+class RMSNorm(nnx.Module):
+    """``weight * x / rms(x)``, normalised in float32 as transformers does."""
+
+    def __init__(self, dim: int, *, eps: float, dtype):
+        self.weight = nnx.Param(jnp.ones((dim,), dtype))
+        self.eps = eps
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        h = x.astype(jnp.float32)
+        h = h * jax.lax.rsqrt(jnp.mean(h * h, axis=-1, keepdims=True) + self.eps)
+        return self.weight[...] * h.astype(x.dtype)
+
+
+class LayerNorm(nnx.Module):
+    """``(x - mean) / std * weight + bias`` over the last axis, in float32."""
+
+    def __init__(self, dim: int, *, eps: float = 1e-6, dtype):
+        self.weight = nnx.Param(jnp.ones((dim,), dtype))
+        self.bias = nnx.Param(jnp.zeros((dim,), dtype))
+        self.eps = eps
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        h = x.astype(jnp.float32)
+        mean = jnp.mean(h, axis=-1, keepdims=True)
+        var = jnp.mean(jnp.square(h - mean), axis=-1, keepdims=True)
+        h = (h - mean) * jax.lax.rsqrt(var + self.eps)
+        return (h * self.weight[...].astype(jnp.float32) + self.bias[...]).astype(x.dtype)
+
+
+def stack(make: Callable[[nnx.Rngs], nnx.Module], n: int, rngs: nnx.Rngs) -> nnx.Module:
+    """``n`` independently initialised copies of ``make(rngs)`` with parameters ``[n, ...]``."""
+
+    @nnx.split_rngs(splits=n)
+    @nnx.vmap(in_axes=(0,), out_axes=0)
+    def make_all(r: nnx.Rngs) -> nnx.Module:
+        return make(r)
+
+    return make_all(rngs)
+
+
+def scan(
+    layers: nnx.Module,
+    body: Callable,
+    carry,
+    xs=None,
+    *,
+    start: int = 0,
+    stop: int | None = None,
+):
+    """Run ``body(layer, carry, x) -> (carry, y)`` over the stacked ``layers[start:stop]``.
+
+    ``layer`` is one layer's module (its parameters sliced out of the stack); ``xs`` is a
+    pytree with a leading axis of ``stop - start``. Returns ``(carry, ys)`` like
+    ``jax.lax.scan``.
+    """
+    graphdef, state = nnx.split(layers)
+    state = jax.tree.map(lambda a: a[start:stop], state)
+
+    def step(c, inputs):
+        layer_state, x = inputs
+        return body(nnx.merge(graphdef, layer_state), c, x)
+
+    return jax.lax.scan(step, carry, (state, xs))

@@ -1,0 +1,141 @@
+"""The Qwen3 text decoder of Qwen3-VL.
+
+Pre-norm decoder layers: RMSNorm -> grouped-query attention (per-head RMSNorm on q and k,
+then mRoPE) -> residual -> RMSNorm -> SwiGLU MLP -> residual. DeepStack: the visual
+features of the ViT's deepstack mergers are added to the image-token positions of the hidden
+state after each of the first ``len(deepstack_visual_indexes)`` layers.
+
+Attention is split into ``qkv`` (projections, norms, rotary), the pure
+``model.attention.attention`` and ``finish`` (output projection, residual, MLP), so the
+full-sequence forward here and the cached decode step (``model.decode``) share every
+projection.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from model import layers
+from model.attention import attention
+from model.config import TextConfig
+from model.rope import apply_rotary
+
+
+class Attention(nnx.Module):
+    def __init__(self, cfg: TextConfig, *, dtype, rngs: nnx.Rngs):
+        d, hd = cfg.hidden_size, cfg.head_dim
+        bias = cfg.attention_bias
+        self.num_heads = cfg.num_attention_heads
+        self.num_kv_heads = cfg.num_key_value_heads
+        self.head_dim = hd
+        self.q_proj = layers.Linear(d, self.num_heads * hd, bias=bias, dtype=dtype, rngs=rngs)
+        self.k_proj = layers.Linear(d, self.num_kv_heads * hd, bias=bias, dtype=dtype, rngs=rngs)
+        self.v_proj = layers.Linear(d, self.num_kv_heads * hd, bias=bias, dtype=dtype, rngs=rngs)
+        self.o_proj = layers.Linear(self.num_heads * hd, d, bias=bias, dtype=dtype, rngs=rngs)
+        self.q_norm = layers.RMSNorm(hd, eps=cfg.rms_norm_eps, dtype=dtype)
+        self.k_norm = layers.RMSNorm(hd, eps=cfg.rms_norm_eps, dtype=dtype)
+
+    def qkv(
+        self, x: jax.Array, cos: jax.Array, sin: jax.Array
+    ) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """``x [B, T, D]``, ``cos, sin [B, T, head_dim]`` -> ``q [B, T, Hq, hd]``,
+        ``k, v [B, T, Hkv, hd]`` (q and k normalised per head, then rotated)."""
+        b, t, _ = x.shape
+        q = self.q_norm(self.q_proj(x).reshape(b, t, self.num_heads, self.head_dim))
+        k = self.k_norm(self.k_proj(x).reshape(b, t, self.num_kv_heads, self.head_dim))
+        v = self.v_proj(x).reshape(b, t, self.num_kv_heads, self.head_dim)
+        return apply_rotary(q, cos, sin), apply_rotary(k, cos, sin), v
+
+
+class MLP(nnx.Module):
+    def __init__(self, cfg: TextConfig, *, dtype, rngs: nnx.Rngs):
+        d, f = cfg.hidden_size, cfg.intermediate_size
+        self.gate_proj = layers.Linear(d, f, bias=False, dtype=dtype, rngs=rngs)
+        self.up_proj = layers.Linear(d, f, bias=False, dtype=dtype, rngs=rngs)
+        self.down_proj = layers.Linear(f, d, bias=False, dtype=dtype, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.down_proj(jax.nn.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class DecoderLayer(nnx.Module):
+    def __init__(self, cfg: TextConfig, *, dtype, rngs: nnx.Rngs):
+        eps = cfg.rms_norm_eps
+        self.input_layernorm = layers.RMSNorm(cfg.hidden_size, eps=eps, dtype=dtype)
+        self.self_attn = Attention(cfg, dtype=dtype, rngs=rngs)
+        self.post_attention_layernorm = layers.RMSNorm(cfg.hidden_size, eps=eps, dtype=dtype)
+        self.mlp = MLP(cfg, dtype=dtype, rngs=rngs)
+
+    def qkv(self, x: jax.Array, cos: jax.Array, sin: jax.Array):
+        """q, k, v of the residual stream ``x [B, T, D]`` (see ``Attention.qkv``)."""
+        return self.self_attn.qkv(self.input_layernorm(x), cos, sin)
+
+    def finish(self, x: jax.Array, attn_out: jax.Array) -> jax.Array:
+        """Residual stream after this layer, given ``attn_out [B, T, Hq, hd]``."""
+        b, t = attn_out.shape[:2]
+        x = x + self.self_attn.o_proj(attn_out.reshape(b, t, -1))
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+    def __call__(self, x, cos, sin, mask):
+        """Full-sequence layer: returns ``x [B, T, D]``, ``k, v [B, T, Hkv, hd]`` and the
+        attention weights ``[B, Hq, T, T]``."""
+        q, k, v = self.qkv(x, cos, sin)
+        out, probs = attention(q, k, v, mask)
+        return self.finish(x, out), k, v, probs
+
+
+# observe(carry, layer_index, probs [B, Hq, T, T]) -> carry: reduces attention while it exists
+Observer = Callable[[object, jax.Array, jax.Array], object]
+
+
+class TextModel(nnx.Module):
+    def __init__(self, cfg: TextConfig, *, dtype, rngs: nnx.Rngs):
+        d = cfg.hidden_size
+        self.embed_tokens = layers.Embedding(cfg.vocab_size, d, dtype=dtype, rngs=rngs)
+        self.layers = layers.stack(
+            lambda r: DecoderLayer(cfg, dtype=dtype, rngs=r), cfg.num_hidden_layers, rngs
+        )
+        self.norm = layers.RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps, dtype=dtype)
+        self.num_layers = cfg.num_hidden_layers
+
+    def __call__(
+        self,
+        x: jax.Array,
+        cos: jax.Array,
+        sin: jax.Array,
+        mask: jax.Array,
+        deepstack: jax.Array | None = None,
+        observe: Observer | None = None,
+        observed=None,
+    ):
+        """Full-sequence forward of the embedded prompt ``x [B, T, D]``.
+
+        ``deepstack [k, B, T, D]`` (zeros outside image tokens) is added after layers
+        ``0 .. k-1``. ``observe`` folds each layer's attention weights into ``observed``.
+        Returns the normed hidden state ``[B, T, D]``, per-layer ``k, v [L, B, T, Hkv, hd]``
+        and the final ``observed``.
+        """
+        observe = observe or (lambda c, i, p: c)
+
+        def body(layer, carry, extra):
+            h, obs = carry
+            index, add = extra
+            h, k, v, probs = layer(h, cos, sin, mask)
+            if add is not None:
+                h = h + add
+            return (h, observe(obs, index, probs)), (k, v)
+
+        n_deep = 0 if deepstack is None else deepstack.shape[0]
+        carry, kv_deep = (x, observed), None
+        if n_deep:
+            extra = (jnp.arange(n_deep), deepstack.astype(x.dtype))
+            carry, kv_deep = layers.scan(self.layers, body, carry, extra, stop=n_deep)
+        extra = (jnp.arange(n_deep, self.num_layers), None)
+        (h, observed), kv = layers.scan(self.layers, body, carry, extra, start=n_deep)
+        if kv_deep is not None:
+            kv = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), kv_deep, kv)
+        return self.norm(h), kv[0], kv[1], observed

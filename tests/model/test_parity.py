@@ -1,0 +1,94 @@
+"""Our Qwen3-VL against transformers' on tiny random configurations (needs torch)."""
+
+import numpy as np
+import pytest
+
+from tests.model.fixtures import make_fixtures as mk
+
+pytestmark = pytest.mark.parity
+
+CASES = {
+    "gqa-untied": {},
+    "mha-tied-hd16": dict(heads=2, kv_heads=2, head_dim=16, mrope=(4, 2, 2), tied=True,
+                          deepstack=(1,), vision_heads=4),
+    "mqa-hd12-unsorted-deepstack": dict(heads=4, kv_heads=1, head_dim=12, mrope=(2, 2, 2),
+                                        layers=2, deepstack=(2, 0)),
+    "no-deepstack": dict(mrope=(1, 2, 1), deepstack=()),
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module", params=list(CASES))
+def pair(request, tmp_path_factory):
+    """(transformers model, our model loaded from its save_pretrained directory)."""
+    from model import load_pretrained
+
+    hf = mk.perturbed_model(mk.hf_config(**CASES[request.param]), seed=len(request.param))
+    path = tmp_path_factory.mktemp(request.param)
+    hf.save_pretrained(path)
+    return hf, load_pretrained(path)
+
+
+def _batch_of_two():
+    ids_a, pix_a, grid_a = mk.image_prompt([(1, 4, 6)], seed=1)
+    ids_b, pix_b, grid_b = mk.image_prompt([(1, 6, 4)], text=(8, 9, 10), seed=2)
+    cat = np.concatenate
+    return cat([ids_a, ids_b]), cat([pix_a, pix_b]), cat([grid_a, grid_b])
+
+
+INPUTS = {
+    "text": lambda: (np.array([[1, 2, 3, 4, 5, 6, 7, 8, 9]]), None, None),
+    "one-image": lambda: mk.image_prompt([(1, 4, 6)]),
+    "two-images": lambda: mk.image_prompt([(1, 4, 4), (1, 8, 6)]),
+    "batch-of-two": _batch_of_two,
+}
+
+
+def assert_close(ours, ref):
+    assert ours.shape == ref.shape
+    err, scale = np.abs(ours - ref).max(), np.abs(ref).max()
+    assert err <= 1e-4 * scale, f"max|diff| {err:.3g} vs max|ref| {scale:.3g}"
+
+
+@pytest.mark.parametrize("inputs", list(INPUTS))
+def test_logits_equal_transformers(pair, inputs):
+    hf, ours = pair
+    ids, pixels, grid = INPUTS[inputs]()
+    assert_close(ours.logits(ids, pixels, grid), mk.hf_logits(hf, ids, pixels, grid))
+
+
+def test_our_save_loads_in_transformers(pair, tmp_path):
+    from transformers import Qwen3VLForConditionalGeneration
+
+    from model import save_pretrained
+
+    _, ours = pair
+    save_pretrained(ours, tmp_path)
+    hf = Qwen3VLForConditionalGeneration.from_pretrained(tmp_path).eval()
+    ids, pixels, grid = INPUTS["two-images"]()
+    assert_close(ours.logits(ids, pixels, grid), mk.hf_logits(hf, ids, pixels, grid))
+
+
+def test_random_init_saves_for_transformers(tmp_path):
+    from transformers import Qwen3VLForConditionalGeneration
+
+    from model import init_random, save_pretrained
+    from model.config import Qwen3VLConfig
+
+    config = Qwen3VLConfig.from_dict(mk.hf_config(tied=True).to_dict())
+    ours = init_random(config, seed=3)
+    save_pretrained(ours, tmp_path)
+    hf = Qwen3VLForConditionalGeneration.from_pretrained(tmp_path).eval()
+    ids, pixels, grid = INPUTS["one-image"]()
+    assert_close(ours.logits(ids, pixels, grid), mk.hf_logits(hf, ids, pixels, grid))
+
+
+def test_stored_fixtures_match_transformers(reference, tiny_dir):
+    """The torch-free reference test compares against these; they must be transformers'."""
+    from transformers import Qwen3VLForConditionalGeneration
+
+    hf = Qwen3VLForConditionalGeneration.from_pretrained(tiny_dir).eval()
+    r = reference
+    np.testing.assert_allclose(mk.hf_logits(hf, r["text_ids"]), r["text_logits"], atol=1e-5)
+    image = mk.hf_logits(hf, r["image_ids"], r["pixel_values"], r["image_grid_thw"])
+    np.testing.assert_allclose(image, r["image_logits"], atol=1e-5)
+    np.testing.assert_array_equal(mk.hf_greedy(hf, r["text_ids"], n=16), r["text_greedy"])
