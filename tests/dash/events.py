@@ -167,3 +167,30 @@ def episode_events(steps: int = 3) -> list:
     events += [tm.PhaseEvent("prefill", False, 42.0), tm.PhaseEvent("decode", True, 0.0)]
     events += [decode(i, text=f"t{i}") for i in range(steps)]
     return events
+
+
+def frame(events=(), meters=None, **ui):
+    """A dashboard ``Frame`` after ``events``, with ``UiState(**ui)``."""
+    import functools
+
+    from dash import state
+
+    view = functools.reduce(state.reduce, events, state.View())
+    return state.Frame(view, state.UiState(**ui), meters or state.Meters())
+
+
+def render(widget, size, frame_):
+    """Text rows and attribute runs of ``widget`` showing ``frame_`` at ``size``."""
+    import urwid.testing
+
+    widget.show(frame_)
+    return urwid.testing.render_text(widget, size), urwid.testing.render_runs(widget, size)
+
+
+def attr_of(runs, text):
+    """The attribute of the first run containing ``text``."""
+    for row in runs:
+        for attr, chunk in row:
+            if text in chunk:
+                return attr
+    raise AssertionError(f"{text!r} not rendered")

@@ -1,0 +1,1 @@
+"""One module per panel; each draws itself from a ``dash.state.Frame`` only."""
