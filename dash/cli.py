@@ -3,10 +3,23 @@
 from __future__ import annotations
 
 import argparse
+import os
+import re
+import sys
+import tempfile
+import traceback
+
+PROG = "python -m dash"
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, no usage wall
+        print(f"{PROG}: error: {message} (see --help)", file=sys.stderr)
+        raise SystemExit(2)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m dash", description=__doc__)
+    p = _Parser(prog=PROG, description=__doc__)
     p.add_argument("--model", metavar="DIR", help="run this HF Qwen3-VL checkpoint directory")
     p.add_argument("--image", metavar="PATH", help="image for --model inference")
     p.add_argument("--prompt", metavar="TEXT", help="prompt for --model inference")
@@ -14,6 +27,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, default=0.0, metavar="T")
     p.add_argument("--fps", type=float, default=20.0, help="frames per second (default 20)")
     p.add_argument("--flash-hz", type=float, default=5.0, help="flash rate (default 5)")
+    p.add_argument(
+        "--layers",
+        type=int,
+        default=6,
+        metavar="N",
+        help="layers in the attention / KV window (default 6)",
+    )
     p.add_argument("--snapshot", action="store_true", help="print one frame as text and exit")
     p.add_argument("--steps", type=int, default=16, metavar="N", help="decode steps (snapshot)")
     p.add_argument("--size", default="160x48", metavar="COLSxROWS", help="snapshot size")
@@ -24,6 +44,97 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _check(args: argparse.Namespace, parser: argparse.ArgumentParser) -> tuple[int, int]:
+    """Option combinations and ranges; returns the snapshot size."""
+    for name in ("fps", "flash_hz", "speed"):
+        if not getattr(args, name) > 0:
+            parser.error(f"--{name.replace('_', '-')} must be > 0")
+    for name in ("steps", "layers", "max_new_tokens"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be >= 1")
+    if args.replay and args.model:
+        parser.error("--replay plays a recording; it cannot be combined with --model")
+    if (args.image or args.prompt) and not args.model:
+        parser.error("--image and --prompt are for --model DIR")
+    match = re.fullmatch(r"(\d+)x(\d+)", args.size)
+    if not match:
+        parser.error(f"--size {args.size!r}: expected COLSxROWS, e.g. 160x48")
+    from dash.layout import MIN_SIZE
+
+    size = int(match[1]), int(match[2])
+    if size[0] < MIN_SIZE[0] or size[1] < MIN_SIZE[1]:
+        parser.error(
+            f"--size {args.size}: the dashboard needs at least {MIN_SIZE[0]}x{MIN_SIZE[1]}"
+        )
+    if args.record and args.replay and os.path.abspath(args.record) == os.path.abspath(args.replay):
+        parser.error("--record would overwrite the --replay file")
+    return size
+
+
+def _source(args: argparse.Namespace):
+    """(rollout_fn, header label) for the chosen source."""
+    from dash import record, sources
+
+    if args.replay:
+        recording = record.load(args.replay)
+        label = f"replay {os.path.basename(args.replay)} ×{args.speed:g}"
+        if recording.skipped:
+            label += f" · {recording.skipped} unknown record(s) skipped"
+        return record.replay_rollout(recording, args.speed), label
+    if args.model:
+        fn = sources.model_source(
+            args.model,
+            image=args.image,
+            prompt=args.prompt,
+            max_new_tokens=args.max_new_tokens,
+            temperature=args.temperature,
+            seed=args.seed,
+        )
+        return fn, f"model {os.path.basename(os.path.normpath(args.model))}"
+    fn = sources.default_source(
+        max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed
+    )
+    return fn, ""
+
+
 def main(argv: list[str] | None = None) -> int:
-    build_parser().parse_args(argv)
-    raise SystemExit("python -m dash: the dashboard is not available yet")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    size = _check(args, parser)
+    if not args.snapshot and not (sys.stdin.isatty() and sys.stdout.isatty()):
+        print(
+            f"{PROG}: not a terminal (stdin/stdout is not a TTY); use --snapshot to print one"
+            " frame as text",
+            file=sys.stderr,
+        )
+        return 2
+    from dash import app, record, snapshot, sources
+
+    try:
+        rollout_fn, label = _source(args)
+    except (sources.SourceError, record.ReplayError) as e:
+        print(f"{PROG}: {e}", file=sys.stderr)
+        return 2
+    if args.snapshot:
+        text = snapshot.snapshot(
+            rollout_fn,
+            steps=args.steps,
+            size=size,
+            window=args.layers,
+            source=label,
+            record=args.record,
+        )
+        print(text)
+        return 0
+    options = app.Options(
+        fps=args.fps, flash_hz=args.flash_hz, window=args.layers, source=label, record=args.record
+    )
+    try:
+        return app.run(rollout_fn, options)
+    except Exception as e:  # a bug of the dashboard itself: one line, the rest in a file
+        with tempfile.NamedTemporaryFile("w", prefix="qwen3vl-dash-", suffix=".log",
+                                         delete=False) as log:  # fmt: skip
+            traceback.print_exc(file=log)
+        print(f"{PROG}: internal error: {type(e).__name__}: {e} (traceback in {log.name})",
+              file=sys.stderr)  # fmt: skip
+        return 1

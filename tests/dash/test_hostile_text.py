@@ -29,9 +29,11 @@ def _hostile_events(t: list[str]):
     img = dataclasses.replace(ev.image(), span=(start, start + 16))
     prefill = dataclasses.replace(ev.prefill(tokens=prompt), images=(img,))
     decode = dataclasses.replace(
-        ev.decode(0, t[14]), top_texts=tuple(t[15:20]), cache_len=len(prompt) + 1,
+        ev.decode(0, t[14]),
+        top_texts=tuple(t[15:20]),
+        cache_len=len(prompt) + 1,
         attn_row=np.full(len(prompt) + 1, 1.0 / (len(prompt) + 1), np.float32),
-    )  # fmt: skip
+    )
     credit = dataclasses.replace(ev.credit(), tokens=tuple(t[20:24]))
     error = tm.ErrorEvent(t[24], t[25] + "\n" + t[26])
     return [run, prefill, decode, ev.train(), credit, ev.profile(), error]

@@ -5,12 +5,25 @@ from tests.dash.events import run_info
 
 def test_required_bindings():
     expected = {
-        "up": "layer_up", "k": "layer_up", "down": "layer_down", "j": "layer_down",
-        "left": "head_left", "h": "head_left", "right": "head_right", "l": "head_right",
-        "page up": "window_up", "page down": "window_down", "m": "metric",
-        "[": "sample_prev", "]": "sample_next", "p": "pause", "s": "step", "?": "help",
-        "q": "quit", "ctrl c": "quit",
-    }  # fmt: skip
+        "up": "layer_up",
+        "k": "layer_up",
+        "down": "layer_down",
+        "j": "layer_down",
+        "left": "head_left",
+        "h": "head_left",
+        "right": "head_right",
+        "l": "head_right",
+        "page up": "window_up",
+        "page down": "window_down",
+        "m": "metric",
+        "[": "sample_prev",
+        "]": "sample_next",
+        "p": "pause",
+        "s": "step",
+        "?": "help",
+        "q": "quit",
+        "ctrl c": "quit",
+    }
     assert {k: keymap.command_for(k) for k in expected} == expected
     assert keymap.command_for("x") is None
 

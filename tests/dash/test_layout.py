@@ -6,8 +6,16 @@ from dash.safe_text import width
 from model import telemetry as tm
 from tests.dash import events as ev
 
-TITLES = ("DECODE LIVE", "COMPUTATION FLOW", "ATTENTION FLOW", "KV CACHE MEMORY", "HEAD DETAIL",
-          "VISION INJECTION", "mRoPE", "TOKEN CREDIT")  # fmt: skip
+TITLES = (
+    "DECODE LIVE",
+    "COMPUTATION FLOW",
+    "ATTENTION FLOW",
+    "KV CACHE MEMORY",
+    "HEAD DETAIL",
+    "VISION INJECTION",
+    "mRoPE",
+    "TOKEN CREDIT",
+)
 FULL = [*ev.episode_events(steps=4), ev.train(), ev.credit(), ev.profile()]
 
 

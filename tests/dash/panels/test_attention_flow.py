@@ -28,8 +28,9 @@ def test_grid_window_groups_and_selected_cell():
 def test_metric_switch_changes_values():
     events = ev.episode_events(steps=1)
     base, _ = ev.render(AttentionFlow(), (70, 9), ev.frame(events, layer=2, head=1, window=3))
-    ent, _ = ev.render(AttentionFlow(), (70, 9), ev.frame(events, layer=2, head=1, window=3,
-                                                           metric=1))  # fmt: skip
+    ent, _ = ev.render(
+        AttentionFlow(), (70, 9), ev.frame(events, layer=2, head=1, window=3, metric=1)
+    )
     assert "entropy" in ent[0]
     value = ev.stats(seed=0).entropy[2, 1]
     legend = next(r for r in ent if "L2 H1 =" in r)

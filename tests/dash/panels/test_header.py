@@ -8,8 +8,15 @@ def test_metrics_and_meters():
     events = [*ev.episode_events(steps=3), ev.train(3, 0.625)]
     text, runs = ev.render(Header(), (160, 2), ev.frame(events, meters))
     top, bottom = text
-    for part in ("tiny-qwen3vl", "step 3", "reward 0.625 ± 0.250", "KL 0.0125", "loss -0.0312",
-                 "1000.0 tok/s", "elapsed 01:23"):  # fmt: skip
+    for part in (
+        "tiny-qwen3vl",
+        "step 3",
+        "reward 0.625 ± 0.250",
+        "KL 0.0125",
+        "loss -0.0312",
+        "1000.0 tok/s",
+        "elapsed 01:23",
+    ):
         assert part in top, part
     assert "dropped 7" in bottom and "received 120/s" in bottom
     assert all(attr.startswith("header") for row in runs for attr, _ in row)

@@ -1,0 +1,102 @@
+"""Where the telemetry comes from: the rollout entry points of ``model/``, imported only
+when used (dash itself never imports JAX). Each function checks its inputs and loads
+what it needs *before* the screen opens, raising ``SourceError`` (one line) on bad
+input, and returns a ``rollout_fn(sink, control)`` for ``dash.app``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+EMBEDDED = Path(__file__).resolve().parent.parent / "assets" / "tiny-qwen3vl"
+DEFAULT_PROMPT = "Describe the image."
+
+
+class SourceError(ValueError):
+    """Bad input for a rollout source; the message is one line for the user."""
+
+
+def _rollout_module():
+    try:
+        return importlib.import_module("model.rollout")
+    except ModuleNotFoundError as e:
+        if e.name == "model.rollout":
+            raise SourceError(
+                "the model rollout (model/rollout.py) is not in this checkout yet;"
+                " use --replay FILE to play a recording"
+            ) from None
+        raise
+
+
+def _load(model_dir: Path):
+    """(model, processor) of a checkpoint directory, with one-line errors."""
+    import model
+    from model.processor import Processor, ProcessorError
+
+    try:
+        m = model.load_pretrained(model_dir)
+        processor = Processor.from_pretrained(model_dir)
+    except (model.CheckpointError, ProcessorError) as e:
+        raise SourceError(f"--model {model_dir}: {e}") from None
+    return m, processor
+
+
+def model_source(
+    model_dir: str,
+    *,
+    image: str | None,
+    prompt: str | None,
+    max_new_tokens: int,
+    temperature: float,
+    seed: int,
+):
+    """Inference with a Hugging Face Qwen3-VL checkpoint directory."""
+    from model.processor import ProcessorError, load_image
+
+    path = Path(model_dir)
+    if not path.exists():
+        raise SourceError(f"--model {model_dir}: no such directory")
+    if not path.is_dir():
+        raise SourceError(f"--model {model_dir}: not a directory")
+    picture = None
+    if image is not None:
+        try:
+            picture = load_image(image)
+        except ProcessorError as e:
+            raise SourceError(f"--image {image}: {e}") from None
+    rollout = _rollout_module()
+    m, processor = _load(path)
+    sampling = {"temperature": temperature, "max_new_tokens": max_new_tokens, "seed": seed}
+
+    def run(sink, control) -> None:
+        rollout.run_inference(
+            m,
+            processor,
+            prompt=prompt or DEFAULT_PROMPT,
+            image=picture,
+            sink=sink,
+            control=control,
+            sampling=sampling,
+            max_new_tokens=max_new_tokens,
+            capacity=None,
+        )
+
+    return run
+
+
+def default_source(*, max_new_tokens: int, temperature: float, seed: int):
+    """The embedded tiny Qwen3-VL (``assets/tiny-qwen3vl``)."""
+    if not (EMBEDDED / "config.json").is_file():
+        raise SourceError(
+            f"the embedded checkpoint ({EMBEDDED}) has no weights yet;"
+            " use --model DIR or --replay FILE"
+        )
+    return model_source(
+        str(EMBEDDED),
+        image=None,
+        prompt=None,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        seed=seed,
+    )
