@@ -38,3 +38,10 @@ def test_pixel_attr_uses_the_pixel_colours():
     spec = theme.pixel_attr((255, 0, 0), (0, 0, 255), 2**24)
     assert spec.foreground == "#ff0000" and spec.background == "#0000ff"
     assert theme.pixel_attr((255, 0, 0), (0, 0, 255), 256).foreground.startswith("#")
+
+
+def test_monochrome_palette_has_no_colours():
+    pal = theme.palette()
+    for entry in pal:
+        spec = urwid.testing.resolve_attr(entry[0], pal, colors=1)
+        assert spec.foreground.split(",")[0] == spec.background == "default", entry[0]
