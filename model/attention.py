@@ -32,18 +32,18 @@ def attention(
 
 
 def head_stats(rows: jax.Array, vision: jax.Array) -> dict[str, jax.Array]:
-    """Summaries of attention rows ``rows [H, Tk]`` (each sums to 1) per head.
+    """Summaries of attention rows ``rows [..., Tk]`` (each sums to 1), e.g. ``[L, H, Tk]``.
 
-    ``vision [Tk]`` bool marks image-token positions. Returns ``[H]`` arrays: ``max_weight``,
-    ``entropy`` (nats, ``0 log 0 = 0``), ``vision_mass``, ``sink_mass`` (weight on position
-    0) and ``argmax`` (int32).
+    ``vision [Tk]`` bool marks image-token positions. Returns ``[...]`` arrays:
+    ``max_weight``, ``entropy`` (nats, ``0 log 0 = 0``), ``vision_mass``, ``sink_mass``
+    (weight on position 0) and ``argmax`` (int32).
     """
     logs = jnp.where(rows > 0, jnp.log(jnp.where(rows > 0, rows, 1.0)), 0.0)
     return {
         "max_weight": rows.max(-1),
         "entropy": -(rows * logs).sum(-1),
         "vision_mass": jnp.where(vision, rows, 0.0).sum(-1),
-        "sink_mass": rows[:, 0],
+        "sink_mass": rows[..., 0],
         "argmax": rows.argmax(-1).astype(jnp.int32),
     }
 

@@ -94,12 +94,13 @@ def scan(
     *,
     start: int = 0,
     stop: int | None = None,
+    unroll: bool = False,
 ):
     """Run ``body(layer, carry, x) -> (carry, y)`` over the stacked ``layers[start:stop]``.
 
     ``layer`` is one layer's module (its parameters sliced out of the stack); ``xs`` is a
     pytree with a leading axis of ``stop - start``. Returns ``(carry, ys)`` like
-    ``jax.lax.scan``.
+    ``jax.lax.scan``; ``unroll`` trades compile time for no loop overhead at run time.
     """
     graphdef, state = nnx.split(layers)
     state = jax.tree.map(lambda a: a[start:stop], state)
@@ -108,4 +109,4 @@ def scan(
         layer_state, x = inputs
         return body(nnx.merge(graphdef, layer_state), c, x)
 
-    return jax.lax.scan(step, carry, (state, xs))
+    return jax.lax.scan(step, carry, (state, xs), unroll=unroll)

@@ -8,9 +8,9 @@
 - ``encode``: vision tower + token embeddings -> the decoder's input and DeepStack features;
 - the decoder itself (``model.text.TextModel``) and ``Qwen3VL.head`` (final logits).
 
-Jitted functions live at module level and take ``(graphdef, state)`` from ``nnx.split``:
-they compile once per graph and input shapes and are reused by every call and every model
-of the same configuration.
+Jitted functions live at module level and take ``(graph, params)`` from ``split``: they
+compile once per graph and input shapes and are reused by every call and every model of the
+same configuration.
 """
 
 from __future__ import annotations
@@ -67,9 +67,44 @@ class Qwen3VL(nnx.Module):
         ``<|image_pad|>`` tokens per image.
         """
         prompt = prepare_prompt(self.config, input_ids, pixel_values, image_grid_thw)
-        graphdef, state = nnx.split(self)
-        embeds, deepstack, _ = encode(graphdef, state, prompt)
-        return np.asarray(_full_logits(graphdef, state, embeds, deepstack, prompt.positions))
+        graph, params = split(self)
+        embeds, deepstack, _ = encode(graph, params, prompt)
+        return np.asarray(_full_logits(graph, params, embeds, deepstack, prompt.positions))
+
+
+class Graph:
+    """The static part of a model (``nnx`` graph and parameter tree structure), the static
+    argument of every jitted function. Interned by ``split``, so the jit cache finds a
+    compiled program by identity instead of comparing graphs (~0.2 ms per call)."""
+
+    def __init__(self, graphdef: nnx.GraphDef, treedef):
+        self.graphdef, self.treedef = graphdef, treedef
+        self._hash = hash((graphdef, treedef))
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __eq__(self, other) -> bool:
+        return self is other or (
+            isinstance(other, Graph)
+            and (self.graphdef, self.treedef) == (other.graphdef, other.treedef)
+        )
+
+
+_GRAPHS: dict[Graph, Graph] = {}
+
+
+def split(m: Qwen3VL) -> tuple[Graph, list[jax.Array]]:
+    """``m`` as its interned ``Graph`` and the flat list of its parameter arrays."""
+    graphdef, state = nnx.split(m)
+    params, treedef = jax.tree.flatten(state)
+    graph = Graph(graphdef, treedef)
+    return _GRAPHS.setdefault(graph, graph), params
+
+
+def merge(graph: Graph, params: list[jax.Array]) -> Qwen3VL:
+    """Inverse of ``split`` (inside jitted functions)."""
+    return nnx.merge(graph.graphdef, jax.tree.unflatten(graph.treedef, params))
 
 
 def causal_mask(length: int) -> jax.Array:
@@ -78,8 +113,8 @@ def causal_mask(length: int) -> jax.Array:
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _full_logits(graphdef, state, embeds, deepstack, positions):
-    m = nnx.merge(graphdef, state)
+def _full_logits(graph, params, embeds, deepstack, positions):
+    m = merge(graph, params)
     cos, sin = m.cos_sin(positions)
     h, _, _, _ = m.language_model(embeds, cos, sin, causal_mask(embeds.shape[1]), deepstack)
     return m.head(h)
@@ -152,15 +187,15 @@ def prepare_prompt(config: Qwen3VLConfig, input_ids, pixel_values=None, image_gr
     return Prompt(ids, positions, deltas, image_mask, pixels, grid, grid_inputs(grid, v))
 
 
-def encode(graphdef, state, prompt: Prompt):
+def encode(graph: Graph, params, prompt: Prompt):
     """Run the vision tower and embed ``prompt``: returns the decoder input ``[B, T, D]``,
     DeepStack features ``[k, B, T, D]`` (zero off image tokens; ``None`` for text only) and
     ``norms [2]``: mean L2 norm of the merged image tokens and of the text token embeddings."""
     if prompt.pixels is None:
-        return _embed_text(graphdef, state, prompt.input_ids, prompt.image_mask)
+        return _embed_text(graph, params, prompt.input_ids, prompt.image_mask)
     b_idx, t_idx = np.nonzero(prompt.image_mask)
     return _embed_with_images(
-        graphdef, state, prompt.input_ids, prompt.image_mask, prompt.pixels, prompt.vision,
+        graph, params, prompt.input_ids, prompt.image_mask, prompt.pixels, prompt.vision,
         b_idx.astype(np.int32), t_idx.astype(np.int32),
     )  # fmt: skip
 
@@ -171,16 +206,16 @@ def _mean_norm(x: jax.Array, where: jax.Array) -> jax.Array:
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _embed_text(graphdef, state, input_ids, image_mask):
-    m = nnx.merge(graphdef, state)
+def _embed_text(graph, params, input_ids, image_mask):
+    m = merge(graph, params)
     x = m.language_model.embed_tokens(input_ids)
     norms = jnp.stack([jnp.float32(0.0), _mean_norm(x, ~image_mask)])
     return x, None, norms
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _embed_with_images(graphdef, state, input_ids, image_mask, pixels, vision, b_idx, t_idx):
-    m = nnx.merge(graphdef, state)
+def _embed_with_images(graph, params, input_ids, image_mask, pixels, vision, b_idx, t_idx):
+    m = merge(graph, params)
     x = m.language_model.embed_tokens(input_ids)
     text_norm = _mean_norm(x, ~image_mask)
     image, deep = m.visual(pixels, **vision)

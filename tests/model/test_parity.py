@@ -92,3 +92,14 @@ def test_stored_fixtures_match_transformers(reference, tiny_dir):
     image = mk.hf_logits(hf, r["image_ids"], r["pixel_values"], r["image_grid_thw"])
     np.testing.assert_allclose(image, r["image_logits"], atol=1e-5)
     np.testing.assert_array_equal(mk.hf_greedy(hf, r["text_ids"], n=16), r["text_greedy"])
+
+
+@pytest.mark.parametrize("inputs", ["text", "two-images", "batch-of-two"])
+def test_greedy_generation_equals_transformers(pair, inputs):
+    from model.decode import generate
+
+    hf, ours = pair
+    ids, pixels, grid = INPUTS[inputs]()
+    ref = mk.hf_greedy(hf, ids, pixels, grid, n=32)
+    gen = generate(ours, ids, pixels, grid, max_new_tokens=32, eos_token_ids=[mk.EOS])
+    np.testing.assert_array_equal(gen.tokens[:, : ref.shape[1]], ref)

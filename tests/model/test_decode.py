@@ -1,0 +1,237 @@
+"""The KV-cache decoder: equal to the full forward, telemetry equal to the full attention
+weights, no recompilation when the watched selection or the sampling parameters change."""
+
+import functools
+
+import jax
+import numpy as np
+import pytest
+
+from model.decode import (
+    MAP_SIZE,
+    PROMPT_BUCKET,
+    _pad_prompt,
+    _prefill,
+    _step,
+    generate,
+    prefill_forward,
+    step_forward,
+)
+from model.kv_cache import KVCache
+from model.qwen3_vl import causal_mask, encode, merge, prepare_prompt, split
+from model.sampling import SamplingParams
+from model.telemetry import RolloutControl
+
+CAPACITY = 128
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _prefill_logits(graph, weights, cache, embeds, deepstack, positions, length, vision):
+    logits, k, v, _ = prefill_forward(
+        merge(graph, weights), embeds, deepstack, positions, length, vision
+    )
+    return logits, cache.write_prompt(k, v, vision, length)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _step_logits(graph, weights, cache, tokens, deltas):
+    logits, cache, _ = step_forward(merge(graph, weights), cache, tokens, deltas)
+    return logits, cache
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _all_attention(graph, weights, embeds, deepstack, positions):
+    """Unfused reference: every layer's attention weights ``[L, B, H, T, T]`` and logits."""
+    m = merge(graph, weights)
+    cos, sin = m.cos_sin(positions)
+    t = embeds.shape[1]
+    cfg = m.config.text
+    initial = jax.numpy.zeros(
+        (cfg.num_hidden_layers, embeds.shape[0], cfg.num_attention_heads, t, t)
+    )
+    h, _, _, probs = m.language_model(
+        embeds, cos, sin, causal_mask(t), deepstack,
+        lambda all_probs, index, p: all_probs.at[index].set(p), initial,
+    )  # fmt: skip
+    return probs, m.head(h)
+
+
+def _inputs(reference, with_image):
+    r = reference
+    if with_image:
+        return r["image_ids"], r["pixel_values"], r["image_grid_thw"]
+    return r["text_ids"], None, None
+
+
+@pytest.mark.parametrize("with_image", [False, True])
+def test_cached_decode_equals_full_forward(tiny_model, reference, with_image):
+    m = tiny_model
+    ids, pixels, grid = _inputs(reference, with_image)
+    n = 8
+    new = generate(m, ids, pixels, grid, max_new_tokens=n).tokens
+    full = m.logits(np.concatenate([ids, new], axis=1), pixels, grid)[0]
+    length = ids.shape[1]
+
+    graph, weights = split(m)
+    prompt = prepare_prompt(m.config, ids, pixels, grid)
+    prompt = _pad_prompt(prompt, -(-length // PROMPT_BUCKET) * PROMPT_BUCKET)
+    embeds, deepstack, _ = encode(graph, weights, prompt)
+    cache = KVCache.create(m.config.text, 1, CAPACITY, m.dtype)
+    logits, cache = _prefill_logits(
+        graph, weights, cache, embeds, deepstack, prompt.positions, np.int32(length),
+        prompt.image_mask,
+    )  # fmt: skip
+    np.testing.assert_allclose(np.asarray(logits)[0], full[length - 1], atol=1e-5)
+    for i in range(n - 1):
+        logits, cache = _step_logits(graph, weights, cache, new[:, i], prompt.deltas)
+        np.testing.assert_allclose(np.asarray(logits)[0], full[length + i], atol=1e-5)
+
+
+def _softmax(x):
+    e = np.exp(x - x.max())
+    return e / e.sum()
+
+
+def _block_max(grid, size):
+    t = grid.shape[0]
+    r = min(t, size)
+    bins = np.arange(t) * r // t
+    out = np.zeros((r, r), np.float32)
+    np.maximum.at(out, (bins[:, None], bins[None, :]), grid)
+    return out
+
+
+@pytest.mark.parametrize("with_image", [False, True])
+def test_telemetry_equals_full_attention_weights(tiny_model, reference, with_image):
+    """Two sampled rows; the watched (sample, layer, head) moves at every step."""
+    m = tiny_model
+    cfg = m.config.text
+    ids, pixels, grid = _inputs(reference, with_image)
+    length, n, temperature = ids.shape[1], 10, 0.8
+    control = RolloutControl(layer=1, head=2, sample=1)
+    prefill, steps = [], []
+
+    def on_step(t):
+        steps.append(t)
+        s = len(steps)
+        control.select(s % 2, s % cfg.num_hidden_layers, (3 * s) % cfg.num_attention_heads)
+
+    gen = generate(
+        m, ids, pixels, grid, max_new_tokens=n, num_samples=2, seed=5,
+        sampling=SamplingParams(temperature=temperature), control=control,
+        on_prefill=prefill.append, on_step=on_step,
+    )  # fmt: skip
+    assert [t.step for t in steps] == list(range(n))
+    assert not (gen.tokens[0] == gen.tokens[1]).all()  # the rows sampled differently
+
+    full_ids = np.concatenate([np.repeat(ids, 2, 0), gen.tokens], axis=1)
+    full_grid = None if grid is None else np.concatenate([grid, grid])
+    full_pixels = None if pixels is None else np.concatenate([pixels, pixels])
+    prompt = prepare_prompt(m.config, full_ids, full_pixels, full_grid)
+    graph, weights = split(m)
+    embeds, deepstack, _ = encode(graph, weights, prompt)
+    probs, logits = map(
+        np.asarray, _all_attention(graph, weights, embeds, deepstack, prompt.positions)
+    )
+    vision = prompt.image_mask
+
+    for t in steps:
+        q = length - 1 + t.step  # the query that produced token t.step
+        s = t.sample
+        rows = probs[:, s, :, q, : q + 1]  # [L, H, q + 1]
+        assert t.cache_len == q + 1
+        assert t.token_id == gen.tokens[s, t.step]
+        np.testing.assert_array_equal(t.tokens, gen.tokens[:, t.step])
+        np.testing.assert_allclose(t.stats.max_weight, rows.max(-1), atol=1e-5)
+        logs = np.log(np.where(rows > 0, rows, 1.0))
+        np.testing.assert_allclose(t.stats.entropy, -(rows * logs).sum(-1), atol=1e-4)
+        np.testing.assert_allclose(
+            t.stats.vision_mass, (rows * vision[s, : q + 1]).sum(-1), atol=1e-5
+        )
+        np.testing.assert_allclose(t.stats.sink_mass, rows[..., 0], atol=1e-5)
+        np.testing.assert_array_equal(t.stats.argmax, rows.argmax(-1))
+        np.testing.assert_allclose(t.attn_row, rows[t.layer, t.head], atol=1e-5)
+        assert t.position == tuple(prompt.positions[:, s, q])
+        dist = _softmax(logits[s, q] / temperature)
+        np.testing.assert_allclose(t.prob, dist[t.token_id], rtol=1e-4)
+        np.testing.assert_array_equal(t.top_ids, np.argsort(-dist)[:5])
+        np.testing.assert_allclose(t.top_probs, np.sort(dist)[::-1][:5], rtol=1e-4)
+    assert {(t.sample, t.layer, t.head) for t in steps} != {(1, 1, 2)}  # the selection moved
+
+    (p,) = prefill
+    assert (p.sample, p.layer, p.head) == (1, 1, 2)
+    np.testing.assert_array_equal(p.positions, prompt.positions[:, 1, :length])
+    grid_map = probs[1, 1, 2, :length, :length]
+    np.testing.assert_allclose(p.attn_map, _block_max(grid_map, MAP_SIZE), atol=1e-6)
+    np.testing.assert_allclose(
+        p.stats.max_weight, probs[:, 1, :, length - 1, :length].max(-1), atol=1e-5
+    )
+    assert (p.vision_norm > 0) == with_image and p.text_norm > 0
+
+
+def test_prefill_map_is_pooled_to_map_size(tiny_model):
+    ids = np.arange(1, 201, dtype=np.int64)[None] % 90
+    got = []
+    generate(tiny_model, ids, max_new_tokens=1, on_prefill=got.append, capacity=256)
+    assert got[0].attn_map.shape == (MAP_SIZE, MAP_SIZE)
+    # every row of a causal map has its weights somewhere: no empty bins
+    assert (got[0].attn_map.max(1) > 0).all()
+
+
+def test_moving_selection_or_sampling_never_recompiles(tiny_model, reference):
+    ids = reference["text_ids"]
+    generate(tiny_model, ids, max_new_tokens=4, num_samples=2)  # compile this shape
+    compiled = _step._cache_size(), _prefill._cache_size()
+    control = RolloutControl()
+    for i, sampling in enumerate([SamplingParams(), SamplingParams(1.0, 3, 0.5)]):
+        control.select(i, 2 - i, 3 - i)
+        generate(
+            tiny_model, ids, max_new_tokens=6, num_samples=2, sampling=sampling, seed=i,
+            control=control, on_step=lambda t: control.select(t.step % 2, t.step % 3, t.step % 4),
+        )  # fmt: skip
+    assert (_step._cache_size(), _prefill._cache_size()) == compiled
+
+
+def test_eos_stops_a_row_and_pads_it(tiny_model, reference):
+    ids = reference["text_ids"]
+    greedy = generate(tiny_model, ids, max_new_tokens=8).tokens[0]
+    eos = int(greedy[2])
+    first = int(np.argmax(greedy == eos))
+    gen = generate(tiny_model, ids, max_new_tokens=8, eos_token_ids=[eos])
+    assert gen.lengths[0] == first + 1
+    np.testing.assert_array_equal(gen.tokens[0, : first + 1], greedy[: first + 1])
+    assert (gen.tokens[0, first + 1 :] == eos).all()
+    assert gen.steps <= first + 1  # stopped early (one step in flight at most)
+
+
+def test_stop_request_ends_generation(tiny_model, reference):
+    control = RolloutControl()
+    seen = []
+
+    def on_step(t):
+        seen.append(t.step)
+        if t.step == 2:
+            control.stop()
+
+    generate(tiny_model, reference["text_ids"], max_new_tokens=20, control=control, on_step=on_step)
+    assert seen[-1] <= 3 and seen == list(range(len(seen)))
+
+
+def test_sampling_is_seeded_and_top_k_one_is_greedy(tiny_model, reference):
+    ids = reference["text_ids"]
+    greedy = generate(tiny_model, ids, max_new_tokens=8).tokens
+    hot = SamplingParams(temperature=1.5)
+    a = generate(tiny_model, ids, max_new_tokens=8, sampling=hot, seed=1).tokens
+    b = generate(tiny_model, ids, max_new_tokens=8, sampling=hot, seed=1).tokens
+    c = generate(tiny_model, ids, max_new_tokens=8, sampling=hot, seed=2).tokens
+    np.testing.assert_array_equal(a, b)
+    assert (a != c).any()
+    top1 = generate(tiny_model, ids, max_new_tokens=8, sampling=SamplingParams(1.5, 1), seed=1)
+    np.testing.assert_array_equal(top1.tokens, greedy)
+    nucleus = generate(tiny_model, ids, max_new_tokens=8, sampling=SamplingParams(1.5, 0, 1e-6))
+    np.testing.assert_array_equal(nucleus.tokens, greedy)
+
+
+def test_capacity_too_small_is_an_error(tiny_model, reference):
+    with pytest.raises(ValueError, match="capacity"):
+        generate(tiny_model, reference["text_ids"], max_new_tokens=8, capacity=10)
