@@ -48,6 +48,7 @@ class Options:
     flash_hz: float = 5.0  # flash indicator rate
     window: int = 6  # layers in the attention / KV window
     source: str = ""  # what runs, shown in the header (e.g. the replayed file)
+    replay: bool = False  # the telemetry is recorded: the selection cannot reach the device
     record: str | None = None  # write every event to this JSON Lines file
     join_timeout_s: float = 10.0  # how long quitting waits for the rollout thread
 
@@ -218,6 +219,7 @@ class App:
             writing=now - self._last_write < flash_period,
             status=self.status,
             source=self.options.source,
+            replay=self.options.replay,
             colors=self.colors,
         )
 

@@ -127,7 +127,12 @@ def main(argv: list[str] | None = None) -> int:
         print(text)
         return 0
     options = app.Options(
-        fps=args.fps, flash_hz=args.flash_hz, window=args.layers, source=label, record=args.record
+        fps=args.fps,
+        flash_hz=args.flash_hz,
+        window=args.layers,
+        source=label,
+        record=args.record,
+        replay=bool(args.replay),
     )
     try:
         return app.run(rollout_fn, options)

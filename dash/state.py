@@ -219,6 +219,7 @@ class Meters:
     writing: bool = False  # a KV cache write arrived since the previous frame
     status: str = "running"  # running | finished | failed | stopping
     source: str = ""  # e.g. "replay run.jsonl x2", with skipped record count
+    replay: bool = False  # recorded telemetry: attention rows exist only for recorded heads
     colors: int = 256  # colour depth of the screen
 
 

@@ -12,7 +12,7 @@ import numpy as np
 from dash import state, theme
 from dash.panels.attention_flow import group_size, token_text
 from dash.panels.base import Panel, Row, row_width, waiting
-from dash.safe_text import clip
+from dash.safe_text import clip, width
 from model import telemetry as tm
 
 TOKEN_COLS = 10  # widest token text in the strip
@@ -123,7 +123,7 @@ def _strip(view: state.View, row: np.ndarray, images, cols: int, rows: int) -> l
     lines: list[Row] = []
     line: Row = []
     for attr, text in reversed(chunks):  # fill from the end: the latest tokens stay
-        if line and row_width(line) + len(text) + 1 > cols:
+        if line and row_width(line) + width(text) + 1 > cols:
             lines.append(line)
             line = []
             if len(lines) == rows:
@@ -154,12 +154,12 @@ class HeadDetail(Panel):
         row = np.asarray(e.attn_row, dtype=np.float64)
         lines: list[Row] = []
         if (e.layer, e.head) != (ui.layer, ui.head):
-            lines.append(
-                [
-                    ("warn", f"showing L{e.layer} H{e.head}: "),
-                    ("dim", "the selected head's row comes with the next decode step"),
-                ]
+            why = (
+                "the row the recording holds"
+                if frame.meters.replay
+                else ("the selected head's row comes with the next decode step")
             )
+            lines.append([("warn", f"showing L{e.layer} H{e.head}: "), ("dim", why)])
         lines.append(self._summary(view, row))
         images = view.prefill.images if view.prefill is not None else ()
         images = tuple(img for img in images if img.span[1] <= row.size)

@@ -46,6 +46,12 @@ def test_row_of_another_head_is_labelled():
     assert ev.attr_of(runs, "showing L0 H0") == "warn"
 
 
+def test_replayed_row_of_another_head_says_so():
+    frame = ev.frame(_events(0, 0), state.Meters(replay=True), layer=2, head=3)
+    text, _ = ev.render(HeadDetail(), (80, 24), frame)
+    assert "showing L0 H0: the row the recording holds" in text[1]
+
+
 def test_waiting_before_a_decode_step():
     text, _ = ev.render(HeadDetail(), (80, 10), ev.frame(ev.episode_events(steps=0)))
     assert "waiting for the first decode step" in text[1]
