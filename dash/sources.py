@@ -79,24 +79,51 @@ def model_source(
             control=control,
             sampling=sampling,
             max_new_tokens=max_new_tokens,
-            capacity=None,
+            model_name=Path(model_dir).resolve().name,
         )
 
     return run
 
 
 def default_source(*, max_new_tokens: int, temperature: float, seed: int):
-    """The embedded tiny Qwen3-VL (``assets/tiny-qwen3vl``)."""
-    if not (EMBEDDED / "config.json").is_file():
-        raise SourceError(
-            f"the embedded checkpoint ({EMBEDDED}) has no weights yet;"
-            " use --model DIR or --replay FILE"
-        )
-    return model_source(
-        str(EMBEDDED),
-        image=None,
-        prompt=None,
-        max_new_tokens=max_new_tokens,
-        temperature=temperature,
-        seed=seed,
-    )
+    """The embedded tiny Qwen3-VL (``assets/tiny-qwen3vl``) answering the synthetic visual
+    task's questions, episode after episode. Until the trained weights are in the assets,
+    it is a random initialisation of that model, and the header says so."""
+    import model
+    from model.processor import Processor, ProcessorError
+    from model.rl.pretrain import tiny_config
+    from model.tasks import Task
+
+    rollout = _rollout_module()
+    try:
+        processor = Processor.from_pretrained(EMBEDDED)
+    except ProcessorError as e:
+        raise SourceError(f"the embedded checkpoint: {e}") from None
+    random_init = not (EMBEDDED / "config.json").is_file()
+    if random_init:
+        m = model.init_random(tiny_config(processor), seed)
+    else:
+        m, _ = _load(EMBEDDED)
+    task = Task("eval", seed)
+    sampling = {"temperature": temperature, "max_new_tokens": max_new_tokens, "seed": seed}
+
+    def run(sink, control) -> None:
+        episode = 0
+        while not control.stopped:
+            example = task.sample(episode)
+            rollout.run_inference(
+                m,
+                processor,
+                prompt=example.question,
+                image=example.image,
+                sink=sink,
+                control=control,
+                sampling={**sampling, "seed": seed + episode},
+                max_new_tokens=max_new_tokens,
+                episode=episode,
+                model_name=EMBEDDED.name,
+                random_init=random_init,
+            )
+            episode += 1
+
+    return run

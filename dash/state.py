@@ -54,12 +54,13 @@ class View:
 
     @property
     def tokens_per_s(self) -> float | None:
-        """Decode throughput from the measured step times: batch rows x steps per second."""
-        times = [t for t in self.step_ms if t is not None and t > 0]
+        """Decode throughput from the measured step times: batch rows / median step time
+        (the median, so a first step that compiled does not hide the steady rate)."""
+        times = sorted(t for t in self.step_ms if finite(t) and t > 0)
         if not times:
             return None
         batch = self.run.batch_size if self.run else 1
-        return batch * 1000.0 * len(times) / sum(times)
+        return batch * 1000.0 / times[len(times) // 2]
 
 
 def _fold_decode(view: View, e: tm.DecodeEvent) -> View:
@@ -97,7 +98,8 @@ def reduce(view: View, event: tm.Event) -> View:
     """The view after ``event``. Pure: ``view`` is not changed."""
     match event:
         case tm.RunInfo():
-            return View(run=event)
+            # the same run announcing itself again (a new episode) keeps what was seen
+            return view if view.run == event else View(run=event)
         case tm.PrefillEvent():
             return dataclasses.replace(view, prefill=event, decode=None, generated=())
         case tm.DecodeEvent():

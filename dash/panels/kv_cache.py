@@ -79,14 +79,7 @@ class KVCache(Panel):
             lines.append(row)
         total_used = times(used * run.num_layers, per_token)
         total_cap = times(capacity * run.num_layers * run.batch_size, per_token)
-        lines.append(
-            [
-                (
-                    "dim",
-                    f"all {run.num_layers} layers: {human_bytes(total_used)} used by the"
-                    f" watched sample of {human_bytes(total_cap)} allocated"
-                    f" ({run.batch_size} samples)",
-                )
-            ]
-        )
+        total = f"all {run.num_layers} layers: {human_bytes(total_used)} used · "
+        total += f"{human_bytes(total_cap)} allocated for {run.batch_size} sample(s)"
+        lines.append([("dim", total)])
         return lines

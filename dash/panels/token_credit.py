@@ -35,6 +35,9 @@ class TokenCredit(Panel):
 
     def body(self, frame: state.Frame, cols: int, rows: int) -> list[Row]:
         c = watched_credit(frame)
+        run = frame.view.run
+        if c is None and run is not None and run.mode == "inference":
+            return [[("dim", "inference run: no rewards, so no credit to assign")]]
         if c is None:
             return waiting("waiting for the first finished episode…")
         credits = np.asarray(c.credits, dtype=np.float64)

@@ -64,6 +64,17 @@ def test_bad_inputs_give_one_line_and_exit_2(args, message, capsys):
     assert err.count("\n") == 1 and message in err and "Traceback" not in err
 
 
+def test_model_and_image_paths_are_checked_before_loading(tmp_path, capsys):
+    a_file = tmp_path / "weights.bin"
+    a_file.write_bytes(b"x")
+    assert cli.main(["--model", str(a_file), "--snapshot"]) == 2
+    assert "not a directory" in capsys.readouterr().err
+    args = ["--model", str(tmp_path), "--image", str(tmp_path / "none.png"), "--snapshot"]
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--image" in err and "not found" in err
+
+
 def test_malformed_replay_line_is_named(tmp_path, capsys):
     path = tmp_path / "bad.jsonl"
     path.write_text(json.dumps(tm.to_record(ev.run_info())) + "\n{oops\n")

@@ -64,7 +64,8 @@ def test_train_credit_error_and_run_reset():
     assert set(view.credits) == {1} and view.credits[1].step == 4
     view = state.reduce(view, tm.ErrorEvent("boom", "Traceback ..."))
     assert view.error.message == "boom"
-    assert state.reduce(view, ev.run_info()) == state.View(run=ev.run_info())
+    other = ev.run_info(model_name="another")
+    assert state.reduce(view, other) == state.View(run=other)
 
 
 def test_stats_come_from_decode_else_prefill():
@@ -123,3 +124,9 @@ def test_visible_layers_follow_selection_and_room():
     assert state.visible_layers(ui, 8, 10) == range(2, 8)
     assert state.visible_layers(ui, 8, 3) == range(5, 8)
     assert state.visible_layers(state.UiState(), 8, 0) == range(0)
+
+
+def test_same_run_announced_again_keeps_the_history():
+    view = fold([ev.run_info(), ev.train(1, 0.25)])
+    assert state.reduce(view, ev.run_info()) is view
+    assert state.reduce(view, ev.run_info(num_layers=2)).train is None

@@ -16,7 +16,7 @@ def test_bytes_status_and_kv_head_read():
     # head 5 of 8 reads KV head 1 (4 query heads per KV head), on the selected layer only
     assert "[1]" in rows[1] and "[1]" not in rows[0]
     assert ev.attr_of(runs, "[1]") == "kv_read"
-    assert "allocated (4 samples)" in "\n".join(text)
+    assert "allocated for 4 sample(s)" in "\n".join(text)
 
 
 def test_cleared_active():

@@ -26,3 +26,8 @@ def test_selected_sample_and_overflow():
 def test_waiting():
     text, _ = ev.render(TokenCredit(), (80, 4), ev.frame([]))
     assert "waiting for the first finished episode" in text[1]
+
+
+def test_inference_runs_say_there_is_no_credit():
+    text, _ = ev.render(TokenCredit(), (80, 4), ev.frame([ev.run_info(mode="inference")]))
+    assert "inference run: no rewards" in text[1]
