@@ -221,7 +221,7 @@ class TokenTelemetry:
 @dataclasses.dataclass(frozen=True)
 class Generation:
     tokens: np.ndarray  # [B, n] int32 new tokens; after a row's EOS, the pad id
-    lengths: np.ndarray  # [B] int32 new tokens of each row, its EOS included
+    lengths: np.ndarray  # [B] int32 new tokens of each row (its EOS included; fewer if stopped)
     prompt_length: int
     steps: int  # decode steps run after the prefill
     decode_seconds: float  # wall time of those steps
@@ -229,6 +229,11 @@ class Generation:
 
 def _round_up(n: int, m: int) -> int:
     return -(-n // m) * m
+
+
+def default_capacity(prompt_length: int, max_new_tokens: int) -> int:
+    """Cache slots per row: prompt plus new tokens, rounded up to ``CAPACITY_BUCKET``."""
+    return _round_up(prompt_length + max_new_tokens, CAPACITY_BUCKET)
 
 
 def _pad_prompt(prompt: Prompt, length: int) -> Prompt:
@@ -328,7 +333,7 @@ def generate(
     rows, length = prompt.input_ids.shape
     batch = rows * num_samples
     needed = length + max_new_tokens - 1  # the last new token is never written
-    capacity = capacity or _round_up(length + max_new_tokens, CAPACITY_BUCKET)
+    capacity = capacity or default_capacity(length, max_new_tokens)
     if capacity < needed:
         raise ValueError(f"capacity {capacity} < prompt {length} + new tokens - 1 = {needed}")
     padded = _round_up(length, PROMPT_BUCKET)
@@ -360,16 +365,15 @@ def generate(
     elapsed_ms = (now - start) * 1e3
 
     out = np.full((batch, max_new_tokens), eos[0] if len(eos) else 0, np.int32)
-    lengths = np.full(batch, max_new_tokens, np.int32)
+    lengths = np.zeros(batch, np.int32)
     finished = np.zeros(batch, bool)
 
     def record(step: int, step_tokens: np.ndarray) -> np.ndarray:
         """Store one step's tokens; returns which rows had stopped before it."""
         before = finished.copy()
         out[~before, step] = step_tokens[~before]
-        stopped = ~before & np.isin(step_tokens, eos)
-        lengths[stopped] = step + 1
-        finished[stopped] = True
+        lengths[~before] = step + 1
+        finished[~before & np.isin(step_tokens, eos)] = True
         return before
 
     before = record(0, host_tokens)

@@ -39,15 +39,20 @@ class Attention(nnx.Module):
         self.q_norm = layers.RMSNorm(hd, eps=cfg.rms_norm_eps, dtype=dtype)
         self.k_norm = layers.RMSNorm(hd, eps=cfg.rms_norm_eps, dtype=dtype)
 
-    def qkv(
-        self, x: jax.Array, cos: jax.Array, sin: jax.Array
-    ) -> tuple[jax.Array, jax.Array, jax.Array]:
-        """``x [B, T, D]``, ``cos, sin [B, T, head_dim]`` -> ``q [B, T, Hq, hd]``,
-        ``k, v [B, T, Hkv, hd]`` (q and k normalised per head, then rotated)."""
+    def project(self, x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """``x [B, T, D]`` -> ``q [B, T, Hq, hd]``, ``k, v [B, T, Hkv, hd]``, q and k
+        normalised per head (not yet rotated)."""
         b, t, _ = x.shape
         q = self.q_norm(self.q_proj(x).reshape(b, t, self.num_heads, self.head_dim))
         k = self.k_norm(self.k_proj(x).reshape(b, t, self.num_kv_heads, self.head_dim))
         v = self.v_proj(x).reshape(b, t, self.num_kv_heads, self.head_dim)
+        return q, k, v
+
+    def qkv(
+        self, x: jax.Array, cos: jax.Array, sin: jax.Array
+    ) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """``project``, then q and k rotated by ``cos, sin [B, T, head_dim]`` (mRoPE)."""
+        q, k, v = self.project(x)
         return apply_rotary(q, cos, sin), apply_rotary(k, cos, sin), v
 
 

@@ -1,0 +1,136 @@
+"""Where the time of one decode step goes.
+
+The decode step is one fused XLA program, so it cannot be taken apart while it runs. Each
+stage is instead run alone, jitted, at the step's shapes (batch, cache capacity) over all
+layers, and timed after a warm-up:
+
+- ``mrope``: cos/sin of the query's (t, h, w) position and rotating q and k;
+- ``qkv``: input RMSNorm, q/k/v projections and the per-head q/k RMSNorms;
+- ``attention``: scores over the whole cache capacity, softmax, weighted sum of the values
+  and the output projection;
+- ``kv_write``: writing the step's keys and values into the cache;
+- ``sample``: final norm, LM head and choosing the token.
+
+The MLPs are no stage of ``StepProfile.STAGES``; their time is the rest of the step.
+"""
+
+from __future__ import annotations
+
+import functools
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from model import layers
+from model.attention import attention
+from model.qwen3_vl import Qwen3VL, merge, split
+from model.rope import apply_rotary
+from model.sampling import GREEDY, SamplingParams, sample
+from model.telemetry import StepProfile
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _mrope(graph, weights, positions, q, k):
+    cos, sin = merge(graph, weights).cos_sin(positions)
+    return apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _qkv(graph, weights, x):
+    def body(layer, carry, _):
+        return carry, layer.self_attn.project(layer.input_layernorm(x))
+
+    return layers.scan(merge(graph, weights).language_model.layers, body, None)[1]
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _attention(graph, weights, q, ks, vs, length):
+    mask = (jnp.arange(ks.shape[2]) < length)[None, None, :]
+
+    def body(layer, carry, kv):
+        out, _ = attention(q, kv[0], kv[1], mask)
+        return carry, layer.self_attn.o_proj(out.reshape(*q.shape[:2], -1))
+
+    return layers.scan(merge(graph, weights).language_model.layers, body, None, (ks, vs))[1]
+
+
+@functools.partial(jax.jit, donate_argnums=(0, 1))
+def _kv_write(ks, vs, k, v, pos):
+    start = (0, 0, pos, 0, 0)
+    return jax.lax.dynamic_update_slice(ks, k, start), jax.lax.dynamic_update_slice(vs, v, start)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _sample(graph, weights, x, key, params):
+    m = merge(graph, weights)
+    return sample(key, m.head(m.language_model.norm(x)), params)
+
+
+def _median_ms(run, repeats: int) -> float:
+    jax.block_until_ready(run())  # compile and warm up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(run())
+        times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times)
+
+
+_MEASURED: dict[tuple, dict[str, float]] = {}
+
+
+def profile_step(
+    m: Qwen3VL,
+    batch: int,
+    capacity: int,
+    cache_len: int,
+    sampling: SamplingParams = GREEDY,
+    repeats: int = 20,
+) -> StepProfile:
+    """Median time of each decode-step stage of ``m`` at ``(batch, capacity)``, in ms.
+
+    Measured once per model graph, shapes and sampling mode, then remembered.
+    """
+    graph, weights = split(m)
+    key = (graph, batch, capacity, sampling.temperature > 0)
+    if key not in _MEASURED:
+        _MEASURED[key] = _measure(graph, weights, m, batch, capacity, sampling, repeats)
+    return StepProfile(stage_ms=dict(_MEASURED[key]), cache_len=cache_len)
+
+
+def _measure(graph, weights, m, batch, capacity, sampling, repeats) -> dict[str, float]:
+    t = m.config.text
+    rng = np.random.default_rng(0)
+
+    def normal(*shape):
+        return jnp.asarray(rng.standard_normal(shape, np.float32), m.dtype)
+
+    nl, hq, hkv, hd = t.num_hidden_layers, t.num_attention_heads, t.num_key_value_heads, t.head_dim
+    positions = np.full((3, batch, 1), capacity // 2, np.int32)
+    x = normal(batch, 1, t.hidden_size)
+    q, k, v = (
+        normal(nl, batch, 1, hq, hd),
+        normal(nl, batch, 1, hkv, hd),
+        normal(nl, batch, 1, hkv, hd),
+    )
+    ks, vs = normal(nl, batch, capacity, hkv, hd), normal(nl, batch, capacity, hkv, hd)
+    pos = np.int32(capacity // 2)
+    written = [jnp.zeros_like(ks), jnp.zeros_like(vs)]  # donated and replaced by each write
+
+    def write():
+        written[:] = _kv_write(*written, k, v, pos)
+        return written
+
+    params = sampling.arrays()
+    return {
+        "mrope": _median_ms(lambda: _mrope(graph, weights, positions, q, k), repeats),
+        "qkv": _median_ms(lambda: _qkv(graph, weights, x), repeats),
+        "attention": _median_ms(lambda: _attention(graph, weights, q[0], ks, vs, pos), repeats),
+        "kv_write": _median_ms(write, repeats),
+        "sample": _median_ms(
+            lambda: _sample(graph, weights, x[:, 0], jax.random.key(0), params), repeats
+        ),
+    }

@@ -1,0 +1,177 @@
+"""Rollouts that publish telemetry events (``model.telemetry``) for a viewer.
+
+``run_inference`` answers one prompt (optionally about one image) and emits, through
+``sink.emit``: ``RunInfo``; ``PhaseEvent`` prefill start; ``PhaseEvent`` prefill end and a
+``PrefillEvent``; ``PhaseEvent`` decode start; one ``DecodeEvent`` per token of the watched
+sample; ``PhaseEvent`` decode end; a ``StepProfile`` of the decode step's stages.
+The viewer steers it through ``control`` (``RolloutControl``): the watched
+``(sample, layer, head)`` is read before every decode step and passed to the compiled step,
+and ``control.gate()`` before every decode step pauses, single-steps or stops it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+
+from model import telemetry as tm
+from model.decode import PrefillTelemetry, TokenTelemetry, default_capacity, generate
+from model.profile import profile_step
+from model.qwen3_vl import Qwen3VL
+from model.sampling import SamplingParams
+
+THUMBNAIL = 48  # longest side of ImageInfo.pixels
+
+
+def sampling_params(sampling: SamplingParams | Mapping[str, float]) -> SamplingParams:
+    """``SamplingParams`` from itself or a mapping with (some of) its fields; other keys of
+    the mapping (e.g. ``max_new_tokens``, ``seed``) are not sampling parameters and ignored."""
+    if isinstance(sampling, SamplingParams):
+        return sampling
+    return SamplingParams(
+        temperature=float(sampling.get("temperature", 0.0)),
+        top_k=int(sampling.get("top_k", 0)),
+        top_p=float(sampling.get("top_p", 1.0)),
+    )
+
+
+def image_spans(input_ids: np.ndarray, image_token_id: int) -> list[tuple[int, int]]:
+    """``[start, end)`` of every run of image tokens in ``input_ids [T]``."""
+    is_image = np.concatenate([[False], np.asarray(input_ids) == image_token_id, [False]])
+    edges = np.flatnonzero(np.diff(is_image.astype(np.int8)))
+    return [(int(a), int(b)) for a, b in zip(edges[::2], edges[1::2], strict=True)]
+
+
+def thumbnail(image: PIL.Image.Image, size: int = THUMBNAIL) -> np.ndarray:
+    """``[h, w, 3]`` uint8 copy of ``image`` whose longest side is at most ``size``."""
+    small = image.convert("RGB")
+    small.thumbnail((size, size))
+    return np.asarray(small, np.uint8)
+
+
+def deepstack_layers(m: Qwen3VL) -> tuple[int, ...]:
+    """Decoder layers after which DeepStack features are added (``model.text``)."""
+    n = len(m.config.vision.deepstack_visual_indexes)
+    return tuple(range(min(n, m.config.text.num_hidden_layers)))
+
+
+class _TokenTexts:
+    """Token id -> display text, memoised (a tokenizer call per token is slow)."""
+
+    def __init__(self, processor):
+        self._processor = processor
+        self._cache: dict[int, str] = {}
+
+    def __call__(self, ids) -> tuple[str, ...]:
+        ids = [int(i) for i in np.asarray(ids).ravel()]
+        missing = sorted({i for i in ids if i not in self._cache})
+        if missing:
+            self._cache.update(zip(missing, self._processor.token_texts(missing), strict=True))
+        return tuple(self._cache[i] for i in ids)
+
+
+def run_inference(
+    m: Qwen3VL,
+    processor,
+    *,
+    prompt: str,
+    image: PIL.Image.Image | None,
+    sink: tm.Sink,
+    control: tm.RolloutControl,
+    sampling: SamplingParams | Mapping[str, float],
+    max_new_tokens: int,
+    capacity: int | None = None,
+    episode: int = 0,
+    seed: int | None = None,
+    model_name: str | None = None,
+    random_init: bool = False,
+) -> np.ndarray:
+    """Answer ``prompt`` (about ``image``) with ``m``, publishing telemetry to ``sink``.
+
+    ``processor`` is a ``model.processor.Processor`` of the same checkpoint. ``seed``
+    defaults to ``sampling["seed"]`` when ``sampling`` is a mapping holding one, else 0.
+    Returns the new token ids ``[n]`` (up to and including EOS).
+    """
+    params = sampling_params(sampling)
+    if seed is None:
+        seed = int(sampling.get("seed", 0)) if isinstance(sampling, Mapping) else 0
+    inputs = processor.prepare(prompt, [image] if image is not None else [])
+    ids = inputs["input_ids"]
+    length = ids.shape[1]
+    capacity = capacity or default_capacity(length, max_new_tokens)
+    cfg = m.config
+    text = cfg.text
+    sink.emit(
+        tm.RunInfo(
+            model_name=model_name or Path(processor.tokenizer.name_or_path).name or "qwen3-vl",
+            random_init=random_init,
+            mode="inference",
+            num_layers=text.num_hidden_layers,
+            num_heads=text.num_attention_heads,
+            num_kv_heads=text.num_key_value_heads,
+            head_dim=text.head_dim,
+            kv_dtype_bytes=m.dtype.itemsize,
+            cache_capacity=capacity,
+            batch_size=1,
+            deepstack_layers=deepstack_layers(m),
+            sampling={**params.as_dict(), "max_new_tokens": max_new_tokens},
+        )
+    )
+    texts = _TokenTexts(processor)
+    images = []
+    if image is not None:
+        grids = np.asarray(inputs["image_grid_thw"]).reshape(-1, 3)
+        spans = image_spans(ids[0], cfg.image_token_id)
+        images = [
+            tm.ImageInfo(
+                span=span,
+                grid_thw=tuple(int(g) for g in grid),
+                merge_size=cfg.vision.spatial_merge_size,
+                pixels=thumbnail(image),
+            )
+            for span, grid in zip(spans, grids, strict=True)
+        ]
+
+    def on_prefill(p: PrefillTelemetry) -> None:
+        sink.emit(tm.PhaseEvent(phase="prefill", active=False, elapsed_ms=p.elapsed_ms))
+        sink.emit(
+            tm.PrefillEvent(
+                episode=episode, sample=p.sample, tokens=texts(ids[0]),
+                token_ids=ids[0].astype(np.int32), positions=p.positions, images=tuple(images),
+                vision_norm=p.vision_norm, text_norm=p.text_norm, stats=p.stats,
+                layer=p.layer, head=p.head, attn_map=p.attn_map, cache_len=p.prompt_length,
+                cache_capacity=p.cache_capacity, elapsed_ms=p.elapsed_ms,
+            )
+        )  # fmt: skip
+        sink.emit(tm.PhaseEvent(phase="decode", active=True, elapsed_ms=0.0))
+
+    eos = set(processor.eos_token_ids)
+
+    def on_step(t: TokenTelemetry) -> None:
+        if t.finished[t.sample]:
+            return  # the watched sample stopped earlier: its token is discarded
+        token = int(t.token_id)
+        sink.emit(
+            tm.DecodeEvent(
+                episode=episode, sample=t.sample, step=t.step, token_id=token,
+                token_text=texts([token])[0], prob=t.prob, top_ids=t.top_ids,
+                top_probs=t.top_probs, top_texts=texts(t.top_ids), cache_len=t.cache_len,
+                cache_capacity=capacity, position=t.position, stats=t.stats, layer=t.layer,
+                head=t.head, attn_row=t.attn_row, elapsed_ms=t.elapsed_ms,
+                done=token in eos or t.step == max_new_tokens - 1,
+            )
+        )  # fmt: skip
+
+    sink.emit(tm.PhaseEvent(phase="prefill", active=True, elapsed_ms=0.0))
+    gen = generate(
+        m, ids, inputs["pixel_values"], inputs["image_grid_thw"], max_new_tokens=max_new_tokens,
+        sampling=params, eos_token_ids=sorted(eos), seed=seed, capacity=capacity,
+        control=control, on_prefill=on_prefill, on_step=on_step,
+    )  # fmt: skip
+    sink.emit(tm.PhaseEvent(phase="decode", active=False, elapsed_ms=gen.decode_seconds * 1e3))
+    n = int(gen.lengths[0])
+    sink.emit(profile_step(m, 1, capacity, length + n - 1, params))
+    return gen.tokens[0, :n]

@@ -1,0 +1,154 @@
+"""``run_inference`` on a tiny random model with the embedded tokenizer: the events it
+emits, their contents, and how ``RolloutControl`` steers it."""
+
+import json
+import threading
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+import pytest
+
+from model import telemetry as tm
+from model.config import Qwen3VLConfig, TextConfig, VisionConfig
+from model.qwen3_vl import init_random
+from model.rollout import image_spans, run_inference
+
+ASSETS = Path(__file__).resolve().parents[2] / "assets" / "tiny-qwen3vl"
+
+
+@pytest.fixture(scope="module")
+def processor():
+    from model.processor import Processor
+
+    return Processor.from_pretrained(ASSETS)
+
+
+@pytest.fixture(scope="module")
+def model(processor):
+    vocab = processor.tokenizer.get_vocab()
+    config = Qwen3VLConfig(
+        text=TextConfig(vocab_size=len(vocab), hidden_size=32, intermediate_size=64,
+                        num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,
+                        head_dim=8, mrope_section=(2, 1, 1)),
+        vision=VisionConfig(depth=2, hidden_size=16, intermediate_size=32, num_heads=2,
+                            out_hidden_size=32, num_position_embeddings=16,
+                            deepstack_visual_indexes=(0,)),
+        image_token_id=vocab["<|image_pad|>"], video_token_id=vocab["<|video_pad|>"],
+        vision_start_token_id=vocab["<|vision_start|>"],
+        vision_end_token_id=vocab["<|vision_end|>"],
+    )  # fmt: skip
+    return init_random(config, seed=0)
+
+
+@pytest.fixture(scope="module")
+def image():
+    x = np.linspace(0, 255, 64, dtype=np.uint8)
+    r, g = np.broadcast_arrays(x[:, None], x[None, :])
+    return PIL.Image.fromarray(np.stack([r, g, np.full_like(r, 128)], -1))
+
+
+class Recorder:
+    def __init__(self, on_event=None):
+        self.events, self.on_event = [], on_event
+
+    def emit(self, event):
+        self.events.append(event)
+        if self.on_event:
+            self.on_event(event)
+
+    def of(self, cls):
+        return [e for e in self.events if isinstance(e, cls)]
+
+
+def _run(model, processor, image, sink, control, n=6, **kw):
+    return run_inference(
+        model, processor, prompt="What colour is the square?", image=image, sink=sink,
+        control=control, sampling={"temperature": 0.0, "max_new_tokens": n}, max_new_tokens=n,
+        **kw,
+    )  # fmt: skip
+
+
+def test_event_sequence_and_contents(model, processor, image):
+    sink, control = Recorder(), tm.RolloutControl(layer=2, head=3)
+    ids = _run(model, processor, image, sink, control, episode=4)
+    kinds = [e.kind for e in sink.events]
+    n = len(ids)
+    assert kinds == ["run", "phase", "phase", "prefill", "phase"] + ["decode"] * n + [
+        "phase",
+        "profile",
+    ]
+    phases = [(e.phase, e.active) for e in sink.of(tm.PhaseEvent)]
+    assert phases == [("prefill", True), ("prefill", False), ("decode", True), ("decode", False)]
+
+    (info,) = sink.of(tm.RunInfo)
+    assert (info.num_layers, info.num_heads, info.num_kv_heads) == (3, 4, 2)
+    assert info.mode == "inference" and info.deepstack_layers == (0,)
+
+    (pre,) = sink.of(tm.PrefillEvent)
+    prompt = processor.prepare("What colour is the square?", [image])["input_ids"][0]
+    np.testing.assert_array_equal(pre.token_ids, prompt)
+    assert pre.tokens == tuple(processor.token_texts(prompt))
+    assert pre.positions.shape == (3, len(prompt)) and pre.episode == 4
+    (img,) = pre.images
+    assert img.span == image_spans(prompt, model.config.image_token_id)[0]
+    t, h, w = img.grid_thw
+    assert img.span[1] - img.span[0] == t * h * w // 4
+    assert img.pixels.dtype == np.uint8 and max(img.pixels.shape[:2]) <= 48
+    assert (pre.layer, pre.head) == (2, 3) and pre.stats.max_weight.shape == (3, 4)
+    assert pre.attn_map.shape == (min(len(prompt), 128),) * 2
+    assert pre.vision_norm > 0 and pre.cache_len == len(prompt)
+
+    decodes = sink.of(tm.DecodeEvent)
+    assert [d.step for d in decodes] == list(range(n))
+    np.testing.assert_array_equal([d.token_id for d in decodes], ids)
+    for d in decodes:
+        assert d.cache_len == len(prompt) + d.step
+        assert d.attn_row.shape == (d.cache_len,)
+        assert abs(d.attn_row.sum() - 1) < 1e-4
+        assert d.token_text == processor.token_texts([d.token_id])[0]
+        assert d.top_texts == tuple(processor.token_texts(d.top_ids))
+        assert d.top_ids[0] == d.token_id  # greedy
+    assert decodes[-1].done
+    (profile,) = sink.of(tm.StepProfile)
+    assert set(profile.stage_ms) == set(tm.StepProfile.STAGES)
+    assert all(v > 0 for v in profile.stage_ms.values())
+    for e in sink.events:  # every event survives the JSON Lines record format
+        assert tm.from_record(json.loads(json.dumps(tm.to_record(e)))).kind == e.kind
+
+
+def test_selection_moves_between_steps(model, processor, image):
+    control = tm.RolloutControl()
+
+    def on_event(e):
+        if isinstance(e, tm.DecodeEvent):
+            control.select(0, (e.step + 1) % 3, (e.step + 1) % 4)
+
+    sink = Recorder(on_event)
+    _run(model, processor, image, sink, control)
+    # Step k + 1 is already running when step k's event is published, so a new selection
+    # shows from step k + 2 on (while paused, from the very next step: see below).
+    got = [(d.layer, d.head) for d in sink.of(tm.DecodeEvent)]
+    assert got == [(0, 0), (1, 1), (1, 1), (2, 2), (0, 3), (1, 0)]
+
+
+def test_pause_single_step_and_stop(model, processor, image):
+    control = tm.RolloutControl()
+    control.set_paused(True)
+    decoded = threading.Semaphore(0)
+    sink = Recorder(lambda e: isinstance(e, tm.DecodeEvent) and decoded.release())
+    worker = threading.Thread(target=_run, args=(model, processor, image, sink, control, 20))
+    worker.start()
+    assert decoded.acquire(timeout=120)  # step 0 comes from the prefill
+    assert not decoded.acquire(timeout=0.3)  # paused before decode step 1
+    control.select(0, 2, 3)
+    control.step_once()
+    assert decoded.acquire(timeout=30)
+    assert not decoded.acquire(timeout=0.3)
+    control.stop()
+    worker.join(30)
+    assert not worker.is_alive()
+    decodes = sink.of(tm.DecodeEvent)
+    assert [d.step for d in decodes] == [0, 1]
+    assert (decodes[1].layer, decodes[1].head) == (2, 3)
+    assert sink.events[-1].kind == "profile"
