@@ -71,6 +71,19 @@ def _check(args: argparse.Namespace, parser: argparse.ArgumentParser) -> tuple[i
     return size
 
 
+class _Status:
+    """A progress note on an interactive stderr, erased (not scrolled) once done."""
+
+    def __init__(self, text: str) -> None:
+        self.text = f"{PROG}: {text}" if sys.stderr.isatty() else ""
+        if self.text:
+            print(self.text, end="\r", file=sys.stderr, flush=True)
+
+    def clear(self) -> None:
+        if self.text:
+            print(" " * len(self.text), end="\r", file=sys.stderr, flush=True)
+
+
 def _source(args: argparse.Namespace):
     """(rollout_fn, header label) for the chosen source."""
     from dash import record, sources
@@ -110,11 +123,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from dash import app, record, snapshot, sources
 
+    loading = _Status(f"reading {args.replay}…" if args.replay else "loading the model…")
     try:
         rollout_fn, label = _source(args)
     except (sources.SourceError, record.ReplayError) as e:
+        loading.clear()
         print(f"{PROG}: {e}", file=sys.stderr)
         return 2
+    loading.clear()
     if args.snapshot:
         text = snapshot.snapshot(
             rollout_fn,
