@@ -3,42 +3,13 @@ emits, their contents, and how ``RolloutControl`` steers it."""
 
 import json
 import threading
-from pathlib import Path
 
 import numpy as np
 import PIL.Image
 import pytest
 
 from model import telemetry as tm
-from model.config import Qwen3VLConfig, TextConfig, VisionConfig
-from model.qwen3_vl import init_random
 from model.rollout import image_spans, run_inference
-
-ASSETS = Path(__file__).resolve().parents[2] / "assets" / "tiny-qwen3vl"
-
-
-@pytest.fixture(scope="module")
-def processor():
-    from model.processor import Processor
-
-    return Processor.from_pretrained(ASSETS)
-
-
-@pytest.fixture(scope="module")
-def model(processor):
-    vocab = processor.tokenizer.get_vocab()
-    config = Qwen3VLConfig(
-        text=TextConfig(vocab_size=len(vocab), hidden_size=32, intermediate_size=64,
-                        num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,
-                        head_dim=8, mrope_section=(2, 1, 1)),
-        vision=VisionConfig(depth=2, hidden_size=16, intermediate_size=32, num_heads=2,
-                            out_hidden_size=32, num_position_embeddings=16,
-                            deepstack_visual_indexes=(0,)),
-        image_token_id=vocab["<|image_pad|>"], video_token_id=vocab["<|video_pad|>"],
-        vision_start_token_id=vocab["<|vision_start|>"],
-        vision_end_token_id=vocab["<|vision_end|>"],
-    )  # fmt: skip
-    return init_random(config, seed=0)
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +40,8 @@ def _run(model, processor, image, sink, control, n=6, **kw):
     )  # fmt: skip
 
 
-def test_event_sequence_and_contents(model, processor, image):
+def test_event_sequence_and_contents(random_model, embedded_processor, image):
+    model, processor = random_model, embedded_processor
     sink, control = Recorder(), tm.RolloutControl(layer=2, head=3)
     ids = _run(model, processor, image, sink, control, episode=4)
     kinds = [e.kind for e in sink.events]
@@ -117,7 +89,8 @@ def test_event_sequence_and_contents(model, processor, image):
         assert tm.from_record(json.loads(json.dumps(tm.to_record(e)))).kind == e.kind
 
 
-def test_selection_moves_between_steps(model, processor, image):
+def test_selection_moves_between_steps(random_model, embedded_processor, image):
+    model, processor = random_model, embedded_processor
     control = tm.RolloutControl()
 
     def on_event(e):
@@ -132,7 +105,8 @@ def test_selection_moves_between_steps(model, processor, image):
     assert got == [(0, 0), (1, 1), (1, 1), (2, 2), (0, 3), (1, 0)]
 
 
-def test_pause_single_step_and_stop(model, processor, image):
+def test_pause_single_step_and_stop(random_model, embedded_processor, image):
+    model, processor = random_model, embedded_processor
     control = tm.RolloutControl()
     control.set_paused(True)
     decoded = threading.Semaphore(0)
