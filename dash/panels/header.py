@@ -28,13 +28,21 @@ def sparkline(values: tuple[float, ...], cols: int) -> str:
     return "".join(SPARK[min(7, int((v - lo) / span * 8))] for v in values)
 
 
-def _metrics(frame: state.Frame) -> Row:
+def _metrics(frame: state.Frame, cols: int) -> Row:
+    """Identity and metrics; on a narrow screen the brand goes and separators shrink."""
+    row = _metrics_row(frame, " │ ", brand=True)
+    if row_width(row) > cols:
+        row = _metrics_row(frame, "│", brand=False)
+    return row
+
+
+def _metrics_row(frame: state.Frame, separator: str, brand: bool) -> Row:
     view, meters = frame.view, frame.meters
     run, train = view.run, view.train
-    sep = ("header_dim", " │ ")
-    row: Row = [("header", " QWEN3-VL DASH ")]
+    sep = ("header_dim", separator)
+    row: Row = [("header", " QWEN3-VL DASH"), sep] if brand else [("header", " ")]
     if run is not None:
-        row += [sep, ("header", safe(run.model_name)), ("header_dim", f" · {safe(run.mode)}")]
+        row += [("header", safe(run.model_name)), ("header_dim", f" · {safe(run.mode)}")]
     reward = "—"
     if train is not None and state.finite(train.reward_mean):
         reward = f"{train.reward_mean:.3f} ± {number(train.reward_std)}"
@@ -103,7 +111,7 @@ class Header(urwid.Widget):
         self._invalidate()
 
     def rows_markup(self, cols: int) -> list[Row]:
-        return [_metrics(self.frame), _notices(self.frame, cols)]
+        return [_metrics(self.frame, cols), _notices(self.frame, cols)]
 
     def render(self, size: tuple[int, int], focus: bool = False) -> urwid.Canvas:
         cols, rows = size

@@ -3,12 +3,8 @@
 import json
 import re
 
-import pytest
-
-pytest.importorskip("model.rollout", reason="model/rollout.py is not in this checkout yet")
-
-from dash import cli, sources  # noqa: E402
-from dash.snapshot import snapshot  # noqa: E402
+from dash import cli, sources
+from dash.snapshot import snapshot
 
 
 def test_default_source_fills_every_panel_from_the_model():

@@ -45,3 +45,11 @@ def test_narrow_header_keeps_the_meters():
 def test_sparkline_scales_between_min_and_max():
     assert sparkline((0.0, 0.5, 1.0), 10) == "▁▅█"
     assert sparkline((), 10) == ""
+
+
+def test_narrow_header_keeps_every_metric():
+    meters = state.Meters(elapsed_s=83)
+    events = [*ev.episode_events(steps=3), ev.train(3, 0.625)]
+    text, _ = ev.render(Header(), (100, 2), ev.frame(events, meters))
+    assert "QWEN3-VL DASH" not in text[0]
+    assert "tok/s" in text[0] and "elapsed 01:23" in text[0]
