@@ -7,6 +7,10 @@ sample; ``PhaseEvent`` decode end; a ``StepProfile`` of the decode step's stages
 The viewer steers it through ``control`` (``RolloutControl``): the watched
 ``(sample, layer, head)`` is read before every decode step and passed to the compiled step,
 and ``control.gate()`` before every decode step pauses, single-steps or stops it.
+
+Its parts serve other rollouts too (the GRPO loop in ``model.rl.live``): ``run_info`` builds
+the ``RunInfo``, ``sample_watched`` decodes a group of samples of one prompt and publishes
+the watched sample's prefill and decode events.
 """
 
 from __future__ import annotations
@@ -18,7 +22,13 @@ import numpy as np
 import PIL.Image
 
 from model import telemetry as tm
-from model.decode import PrefillTelemetry, TokenTelemetry, default_capacity, generate
+from model.decode import (
+    Generation,
+    PrefillTelemetry,
+    TokenTelemetry,
+    default_capacity,
+    generate,
+)
 from model.profile import profile_step
 from model.qwen3_vl import Qwen3VL
 from model.sampling import SamplingParams
@@ -73,53 +83,57 @@ class _TokenTexts:
         return tuple(self._cache[i] for i in ids)
 
 
-def run_inference(
+def run_info(
     m: Qwen3VL,
     processor,
     *,
-    prompt: str,
-    image: PIL.Image.Image | None,
-    sink: tm.Sink,
-    control: tm.RolloutControl,
-    sampling: SamplingParams | Mapping[str, float],
+    mode: str,
+    batch_size: int,
+    capacity: int,
+    sampling: SamplingParams,
     max_new_tokens: int,
-    capacity: int | None = None,
-    episode: int = 0,
-    seed: int | None = None,
     model_name: str | None = None,
     random_init: bool = False,
-) -> np.ndarray:
-    """Answer ``prompt`` (about ``image``) with ``m``, publishing telemetry to ``sink``.
-
-    ``processor`` is a ``model.processor.Processor`` of the same checkpoint. ``seed``
-    defaults to ``sampling["seed"]`` when ``sampling`` is a mapping holding one, else 0.
-    Returns the new token ids ``[n]`` (up to and including EOS).
-    """
-    params = sampling_params(sampling)
-    if seed is None:
-        seed = int(sampling.get("seed", 0)) if isinstance(sampling, Mapping) else 0
-    inputs = processor.prepare(prompt, [image] if image is not None else [])
-    ids = inputs["input_ids"]
-    length = ids.shape[1]
-    capacity = capacity or default_capacity(length, max_new_tokens)
-    cfg = m.config
-    text = cfg.text
-    sink.emit(
-        tm.RunInfo(
-            model_name=model_name or Path(processor.tokenizer.name_or_path).name or "qwen3-vl",
-            random_init=random_init,
-            mode="inference",
-            num_layers=text.num_hidden_layers,
-            num_heads=text.num_attention_heads,
-            num_kv_heads=text.num_key_value_heads,
-            head_dim=text.head_dim,
-            kv_dtype_bytes=m.dtype.itemsize,
-            cache_capacity=capacity,
-            batch_size=1,
-            deepstack_layers=deepstack_layers(m),
-            sampling={**params.as_dict(), "max_new_tokens": max_new_tokens},
-        )
+) -> tm.RunInfo:
+    """The ``RunInfo`` of a rollout of ``m`` (``mode`` "inference" or "grpo")."""
+    text = m.config.text
+    return tm.RunInfo(
+        model_name=model_name or Path(processor.tokenizer.name_or_path).name or "qwen3-vl",
+        random_init=random_init,
+        mode=mode,
+        num_layers=text.num_hidden_layers,
+        num_heads=text.num_attention_heads,
+        num_kv_heads=text.num_key_value_heads,
+        head_dim=text.head_dim,
+        kv_dtype_bytes=m.dtype.itemsize,
+        cache_capacity=capacity,
+        batch_size=batch_size,
+        deepstack_layers=deepstack_layers(m),
+        sampling={**sampling.as_dict(), "max_new_tokens": max_new_tokens},
     )
+
+
+def sample_watched(
+    m: Qwen3VL,
+    processor,
+    inputs: dict,
+    image: PIL.Image.Image | None,
+    *,
+    sink: tm.Sink,
+    control: tm.RolloutControl,
+    sampling: SamplingParams,
+    max_new_tokens: int,
+    capacity: int,
+    episode: int,
+    seed: int,
+    num_samples: int = 1,
+) -> Generation:
+    """Decode ``num_samples`` answers to one prepared prompt (``processor.prepare``
+    output), publishing the watched sample's telemetry: ``PhaseEvent`` prefill start and end,
+    ``PrefillEvent``, ``PhaseEvent`` decode start, one ``DecodeEvent`` per token of the
+    watched sample (``control.selection[0]``), ``PhaseEvent`` decode end."""
+    cfg = m.config
+    ids = inputs["input_ids"]
     texts = _TokenTexts(processor)
     images = []
     if image is not None:
@@ -168,10 +182,51 @@ def run_inference(
     sink.emit(tm.PhaseEvent(phase="prefill", active=True, elapsed_ms=0.0))
     gen = generate(
         m, ids, inputs["pixel_values"], inputs["image_grid_thw"], max_new_tokens=max_new_tokens,
-        sampling=params, eos_token_ids=sorted(eos), seed=seed, capacity=capacity,
-        control=control, on_prefill=on_prefill, on_step=on_step,
+        sampling=sampling, eos_token_ids=sorted(eos), seed=seed, num_samples=num_samples,
+        capacity=capacity, control=control, on_prefill=on_prefill, on_step=on_step,
     )  # fmt: skip
     sink.emit(tm.PhaseEvent(phase="decode", active=False, elapsed_ms=gen.decode_seconds * 1e3))
+    return gen
+
+
+def run_inference(
+    m: Qwen3VL,
+    processor,
+    *,
+    prompt: str,
+    image: PIL.Image.Image | None,
+    sink: tm.Sink,
+    control: tm.RolloutControl,
+    sampling: SamplingParams | Mapping[str, float],
+    max_new_tokens: int,
+    capacity: int | None = None,
+    episode: int = 0,
+    seed: int | None = None,
+    model_name: str | None = None,
+    random_init: bool = False,
+) -> np.ndarray:
+    """Answer ``prompt`` (about ``image``) with ``m``, publishing telemetry to ``sink``.
+
+    ``processor`` is a ``model.processor.Processor`` of the same checkpoint. ``seed``
+    defaults to ``sampling["seed"]`` when ``sampling`` is a mapping holding one, else 0.
+    Returns the new token ids ``[n]`` (up to and including EOS).
+    """
+    params = sampling_params(sampling)
+    if seed is None:
+        seed = int(sampling.get("seed", 0)) if isinstance(sampling, Mapping) else 0
+    inputs = processor.prepare(prompt, [image] if image is not None else [])
+    length = inputs["input_ids"].shape[1]
+    capacity = capacity or default_capacity(length, max_new_tokens)
+    sink.emit(
+        run_info(
+            m, processor, mode="inference", batch_size=1, capacity=capacity, sampling=params,
+            max_new_tokens=max_new_tokens, model_name=model_name, random_init=random_init,
+        )
+    )  # fmt: skip
+    gen = sample_watched(
+        m, processor, inputs, image, sink=sink, control=control, sampling=params,
+        max_new_tokens=max_new_tokens, capacity=capacity, episode=episode, seed=seed,
+    )  # fmt: skip
     n = int(gen.lengths[0])
     sink.emit(profile_step(m, 1, capacity, length + n - 1, params))
     return gen.tokens[0, :n]
