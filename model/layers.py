@@ -20,7 +20,8 @@ from flax import nnx
 INIT_STD = 0.02  # transformers' initializer_range
 
 
-def _normal(rngs: nnx.Rngs, shape: tuple[int, ...], dtype) -> jax.Array:
+def normal_init(rngs: nnx.Rngs, shape: tuple[int, ...], dtype) -> jax.Array:
+    """normal(0, INIT_STD) weights, drawn in float32."""
     return (INIT_STD * jax.random.normal(rngs.params(), shape, jnp.float32)).astype(dtype)
 
 
@@ -28,7 +29,7 @@ class Linear(nnx.Module):
     """``y = x @ weight.T + bias`` with ``weight [out, in]``, ``bias [out]``."""
 
     def __init__(self, d_in: int, d_out: int, *, bias: bool, dtype, rngs: nnx.Rngs):
-        self.weight = nnx.Param(_normal(rngs, (d_out, d_in), dtype))
+        self.weight = nnx.Param(normal_init(rngs, (d_out, d_in), dtype))
         self.bias = nnx.Param(jnp.zeros((d_out,), dtype)) if bias else None
 
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -40,7 +41,7 @@ class Embedding(nnx.Module):
     """Token id -> row of ``weight [num, dim]``."""
 
     def __init__(self, num: int, dim: int, *, dtype, rngs: nnx.Rngs):
-        self.weight = nnx.Param(_normal(rngs, (num, dim), dtype))
+        self.weight = nnx.Param(normal_init(rngs, (num, dim), dtype))
 
     def __call__(self, ids: jax.Array) -> jax.Array:
         return jnp.take(self.weight[...], ids, axis=0)

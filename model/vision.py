@@ -31,7 +31,7 @@ class PatchConv(nnx.Module):
     def __init__(self, cfg: VisionConfig, *, dtype, rngs: nnx.Rngs):
         d = cfg.hidden_size
         c, t, p = cfg.in_channels, cfg.temporal_patch_size, cfg.patch_size
-        self.weight = nnx.Param(layers._normal(rngs, (d, c, t, p, p), dtype))
+        self.weight = nnx.Param(layers.normal_init(rngs, (d, c, t, p, p), dtype))
         self.bias = nnx.Param(jnp.zeros((d,), dtype))
 
     def __call__(self, x: jax.Array) -> jax.Array:
