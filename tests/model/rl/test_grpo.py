@@ -1,5 +1,7 @@
 """GRPO objective against a numpy reference written out term by term."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -218,3 +220,18 @@ def test_credit_sign_follows_advantage_and_masked_tokens_get_zero(toy):
     )
     *_, c = grpo.grpo_gradients(lambda z: z, sure, one, grpo.GRPOConfig())
     assert abs(float(c[0, 0])) < 1e-6
+
+
+def test_on_policy_batch_uses_the_forward_pass_as_behaviour_policy(toy):
+    x, w, batch = toy
+    xj, wj = jnp.asarray(x), jnp.asarray(w)
+    current = grpo.token_logprobs(xj @ wj, batch.targets, CFG.temperature)
+    explicit = grpo.grpo_gradients(
+        lambda w_: xj @ w_, wj, dataclasses.replace(batch, old_logp=current), CFG
+    )
+    implicit = grpo.grpo_gradients(
+        lambda w_: xj @ w_, wj, dataclasses.replace(batch, old_logp=None), CFG
+    )
+    assert float(implicit[1]["clip_frac"]) == 0.0
+    for a, b in zip(jax.tree.leaves(explicit), jax.tree.leaves(implicit), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-8)

@@ -1,0 +1,73 @@
+"""Eval of a model on the task: greedy answers to eval-split questions, rewarded per type.
+
+``accuracy`` is the fraction of answers with reward 1.0 (exactly right); ``reward`` the mean
+task reward (partial credit and the malformed penalty included).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from model.decode import generate
+from model.processor import Processor
+from model.tasks import QTYPES, Task
+
+MAX_ANSWER_TOKENS = 6
+EVAL_BATCH = 8
+
+
+def greedy_answers(m, processor: Processor, examples) -> list[str]:
+    """The model's greedy answer to each example, decoded by ``model.decode.generate``.
+
+    Prompts of one length are decoded together, ``EVAL_BATCH`` rows per call; a short last
+    batch is filled up with copies of its last prompt (their answers are dropped), so every
+    call has the same shape and compiles once.
+    """
+    eos = sorted(processor.eos_token_ids)
+    prepared = [processor.prepare(ex.question, [ex.image]) for ex in examples]
+    by_length: dict[int, list[int]] = {}
+    for i, p in enumerate(prepared):
+        by_length.setdefault(p["input_ids"].shape[1], []).append(i)
+    texts = [""] * len(examples)
+    for indices in by_length.values():
+        for start in range(0, len(indices), EVAL_BATCH):
+            chunk = indices[start : start + EVAL_BATCH]
+            rows = chunk + [chunk[-1]] * (EVAL_BATCH - len(chunk))
+            gen = generate(
+                m,
+                np.concatenate([prepared[i]["input_ids"] for i in rows]),
+                np.concatenate([prepared[i]["pixel_values"] for i in rows]),
+                np.concatenate([prepared[i]["image_grid_thw"] for i in rows]),
+                max_new_tokens=MAX_ANSWER_TOKENS,
+                eos_token_ids=eos,
+                telemetry=False,
+            )
+            for row, i in enumerate(chunk):
+                texts[i] = processor.decode(gen.tokens[row, : gen.lengths[row]])
+    return texts
+
+
+def evaluate(m, processor: Processor, task: Task, per_type: int) -> dict[str, dict[str, float]]:
+    """``{qtype: {"accuracy", "reward", "n"}}`` over the first ``per_type`` examples of
+    each question type, plus ``"all"``."""
+    examples = [task.sample(i) for i in range(per_type * len(QTYPES))]
+    answers = greedy_answers(m, processor, examples)
+    rewards = {q: [] for q in QTYPES}
+    for ex, answer in zip(examples, answers, strict=True):
+        rewards[ex.qtype].append(task.reward(ex, answer))
+    rewards["all"] = [r for q in QTYPES for r in rewards[q]]
+    return {
+        q: {
+            "accuracy": float(np.mean(np.asarray(r) == 1.0)),
+            "reward": float(np.mean(r)),
+            "n": len(r),
+        }
+        for q, r in rewards.items()
+    }
+
+
+def format_report(report: dict[str, dict[str, float]]) -> str:
+    lines = [f"{'type':<8} {'n':>4} {'accuracy':>9} {'reward':>7}"]
+    for q, r in report.items():
+        lines.append(f"{q:<8} {r['n']:>4} {r['accuracy']:>9.1%} {r['reward']:>7.3f}")
+    return "\n".join(lines)

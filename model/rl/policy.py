@@ -1,0 +1,131 @@
+"""The model as a differentiable function of its parameters, on fixed-shape batches.
+
+Training (supervised pretraining and GRPO updates) needs the logits of whole sequences,
+prompt (image + question in the chat template) followed by an answer, as a pure function
+of the parameters, jitted once and reused. So every batch has one shape:
+
+- ``B`` rows of ``L`` tokens, padded on the right (causal attention: padding never
+  changes the logits of the positions before it);
+- ``n`` images of one patch grid (the task's images all have one size). The vision tower
+  runs image by image under ``vmap``, so its attention stays inside one image
+  (``[P, P]``, not ``[n P, n P]``), and a GRPO group of ``G`` answers to one prompt runs it
+  once for the whole group: row ``b`` shows image ``image_of_row[b]``.
+
+The forward is the one of ``model.qwen3_vl`` (same modules, same parameters, same mRoPE
+positions from ``model.rope.get_rope_index``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from model.config import Qwen3VLConfig
+from model.qwen3_vl import causal_mask
+from model.rope import get_rope_index
+from model.vision import grid_inputs
+
+
+@dataclasses.dataclass(frozen=True)
+class Sequences:
+    """A fixed-shape batch of prompt + answer rows (a pytree of arrays).
+
+    ``targets[:, t]`` is the token after position ``t``; ``mask[:, t]`` is 1 where that
+    token belongs to the answer, so ``logits[:, t]`` is scored against it.
+    """
+
+    input_ids: np.ndarray  # [B, L] int32
+    positions: np.ndarray  # [3, B, L] int32 mRoPE (t, h, w)
+    image_slots: np.ndarray  # [B, K] int32 positions of the K image tokens of each row
+    image_of_row: np.ndarray  # [B] int32 index into pixels
+    pixels: np.ndarray  # [n, P, C*Tp*Ps*Ps] float32 patches of each image
+    vision: dict[str, np.ndarray]  # model.vision.grid_inputs of one image
+    targets: np.ndarray  # [B, L] int32
+    mask: np.ndarray  # [B, L] float32
+
+
+jax.tree_util.register_dataclass(
+    Sequences,
+    data_fields=[f.name for f in dataclasses.fields(Sequences)],
+    meta_fields=[],
+)
+
+
+def pack(
+    config: Qwen3VLConfig,
+    prompts: list[dict],
+    answers: list[list[int]],
+    image_of_row: list[int],
+    length: int,
+    pad_id: int,
+) -> Sequences:
+    """Rows ``prompts[image_of_row[b]]['input_ids'] + answers[b]``, padded to ``length``.
+
+    ``prompts`` are ``model.processor.Processor.prepare`` outputs with one image each, all
+    of one grid. Raises ``ValueError`` when a row does not fit in ``length``.
+    """
+    grid = np.asarray(prompts[0]["image_grid_thw"]).reshape(-1, 3)
+    for p in prompts:
+        if not np.array_equal(np.asarray(p["image_grid_thw"]).reshape(-1, 3), grid):
+            raise ValueError("all images of a batch must have one patch grid")
+    if len(grid) != 1:
+        raise ValueError("each prompt must show exactly one image")
+    rows = len(answers)
+    input_ids = np.full((rows, length), pad_id, np.int32)
+    mask = np.zeros((rows, length), np.float32)
+    for b, (img, answer) in enumerate(zip(image_of_row, answers, strict=True)):
+        prompt = np.asarray(prompts[img]["input_ids"]).reshape(-1)
+        n = len(prompt) + len(answer)
+        if n > length:
+            raise ValueError(f"row {b} has {n} tokens, more than the batch length {length}")
+        input_ids[b, : len(prompt)] = prompt
+        input_ids[b, len(prompt) : n] = answer
+        mask[b, len(prompt) - 1 : n - 1] = 1.0
+    targets = np.concatenate([input_ids[:, 1:], np.full((rows, 1), pad_id, np.int32)], axis=1)
+    positions, _ = get_rope_index(
+        input_ids,
+        np.repeat(grid, rows, axis=0),
+        image_token_id=config.image_token_id,
+        spatial_merge_size=config.vision.spatial_merge_size,
+    )
+    image_slots = np.stack([np.flatnonzero(r == config.image_token_id) for r in input_ids])
+    pixels = np.stack([np.asarray(p["pixel_values"], np.float32) for p in prompts])
+    return Sequences(
+        input_ids=input_ids,
+        positions=positions,
+        image_slots=image_slots.astype(np.int32),
+        image_of_row=np.asarray(image_of_row, np.int32),
+        pixels=pixels,
+        vision=grid_inputs(grid, config.vision),
+        targets=targets,
+        mask=mask,
+    )
+
+
+def forward(m: nnx.Module, seqs: Sequences) -> jax.Array:
+    """Float32 logits ``[B, L, vocab]`` of ``seqs`` under the Qwen3VL module ``m``."""
+    x = m.language_model.embed_tokens(seqs.input_ids)
+    image, deep = jax.vmap(lambda px: m.visual(px, **seqs.vision))(seqs.pixels)
+    rows = jnp.arange(x.shape[0])[:, None]
+    x = x.at[rows, seqs.image_slots].set(image[seqs.image_of_row].astype(x.dtype))
+    deepstack = None
+    if deep is not None:  # [n, k, K, D] -> [k, B, L, D], zero off the image tokens
+        n_deep = min(deep.shape[1], m.config.text.num_hidden_layers)
+        per_row = jnp.moveaxis(deep[seqs.image_of_row, :n_deep], 1, 0).astype(x.dtype)
+        deepstack = (
+            jnp.zeros((n_deep, *x.shape), x.dtype).at[:, rows, seqs.image_slots].set(per_row)
+        )
+    cos, sin = m.cos_sin(seqs.positions)
+    h, *_ = m.language_model(x, cos, sin, causal_mask(x.shape[1]), deepstack)
+    return m.head(h)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def logits(graphdef: nnx.GraphDef, state: nnx.State, seqs: Sequences) -> jax.Array:
+    """Jitted ``forward`` of the model ``nnx.merge(graphdef, state)``."""
+    return forward(nnx.merge(graphdef, state), seqs)

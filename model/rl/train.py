@@ -1,0 +1,204 @@
+"""GRPO on the synthetic visual task: sample a group, reward it, update the policy.
+
+One GRPO step (``GRPOTrainer.step``):
+
+1. a train-split question about an image; ``group_size`` answers sampled from the live
+   policy by the KV-cache decoder (``model.decode.generate``, temperature sampling, the
+   vision tower run once for the group);
+2. task rewards of the answers (``model.tasks``) and group-normalised advantages;
+3. one AdamW update of the GRPO objective (``model.rl.grpo``) against the frozen initial
+   policy. The update is on-policy: the parameters that sampled the group are the ones
+   being updated, so the behaviour log-probs are those of the update's own forward pass
+   (the ratio is 1 and the clip fraction 0; see ``grpo.grpo_gradients``).
+
+The update runs on a fixed shape (``group_size`` rows of ``LENGTH`` tokens, one image), so
+it is compiled once and reused by every step.
+
+``python -m model rl --steps N --json`` runs it headless and prints one JSON object per
+update: step, reward_mean, reward_std, kl, loss, clip_frac, entropy, grad_norm,
+tokens_per_s (new tokens of the whole group per second of sampling, prefill included),
+qtype and seconds (wall time of the step).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import optax
+from flax import nnx
+
+from model.checkpoint import CheckpointError, load_pretrained
+from model.decode import Generation, generate
+from model.processor import Processor, ProcessorError
+from model.rl import grpo, policy
+from model.sampling import SamplingParams
+from model.tasks import Example, Task
+
+DEFAULT_MODEL = Path(__file__).resolve().parents[2] / "assets" / "tiny-qwen3vl"
+LENGTH = 96  # tokens per row in the update: the longest prompt (83) + MAX_NEW_TOKENS, padded
+
+
+@dataclasses.dataclass(frozen=True)
+class GRPOSettings:
+    group_size: int = 8
+    temperature: float = 1.0
+    max_new_tokens: int = 8
+    learning_rate: float = 5e-4
+    clip_eps: float = 0.2
+    kl_coef: float = 0.04
+
+    def objective(self) -> grpo.GRPOConfig:
+        return grpo.GRPOConfig(self.clip_eps, self.kl_coef, self.temperature)
+
+
+@dataclasses.dataclass(frozen=True)
+class StepResult:
+    """What one GRPO step did (host values)."""
+
+    example: Example
+    generation: Generation
+    answers: list[str]  # [G] decoded answers
+    rewards: np.ndarray  # [G] float32
+    advantages: np.ndarray  # [G] float32
+    metrics: dict[str, float]  # loss, kl, clip_frac, entropy, grad_norm, reward_*, tokens_per_s
+    credit: list[np.ndarray]  # [G] per-token credit of each answer's tokens (EOS included)
+
+
+def _make_update(graphdef, optimizer, objective: grpo.GRPOConfig):
+    """The jitted update ``(state, ref_state, opt_state, seqs, advantages) ->
+    (state, opt_state, metrics, credit [B, L])``."""
+
+    def forward(state, seqs):
+        return policy.forward(nnx.merge(graphdef, state), seqs)
+
+    @jax.jit
+    def update(state, ref_state, opt_state, seqs, advantages):
+        ref_logits = forward(ref_state, seqs)
+        batch = grpo.Batch(
+            targets=seqs.targets,
+            mask=seqs.mask,
+            old_logp=None,  # on-policy: the behaviour policy is `state`
+            ref_logp=grpo.token_logprobs(ref_logits, seqs.targets, objective.temperature),
+            advantages=advantages,
+        )
+        _, metrics, grads, credit = grpo.grpo_gradients(
+            lambda s: forward(s, seqs), state, batch, objective
+        )
+        metrics["grad_norm"] = optax.tree.norm(grads)
+        updates, opt_state = optimizer.update(grads, opt_state, state)
+        return optax.apply_updates(state, updates), opt_state, metrics, credit
+
+    return update
+
+
+class GRPOTrainer:
+    """The policy being trained, its frozen initial copy, AdamW and the compiled update."""
+
+    def __init__(self, m, processor: Processor, settings: GRPOSettings = GRPOSettings()):
+        self.processor = processor
+        self.settings = settings
+        self.graphdef, self.state = nnx.split(m)
+        self.ref_state = self.state  # arrays are immutable: the updates never touch it
+        self.optimizer = optax.chain(
+            optax.clip_by_global_norm(1.0), optax.adamw(settings.learning_rate, weight_decay=0.0)
+        )
+        self.opt_state = self.optimizer.init(self.state)
+        self._update = _make_update(self.graphdef, self.optimizer, settings.objective())
+        self.eos_ids = sorted(processor.eos_token_ids)
+
+    @property
+    def model(self):
+        """The current policy as a ``Qwen3VL`` module."""
+        return nnx.merge(self.graphdef, self.state)
+
+    def sample(self, inputs: dict, seed: int, **generate_kwargs) -> tuple[Generation, float]:
+        """``group_size`` answers to one prepared prompt; returns them and the wall seconds."""
+        s = self.settings
+        start = time.perf_counter()
+        gen = generate(
+            self.model, inputs["input_ids"], inputs["pixel_values"], inputs["image_grid_thw"],
+            max_new_tokens=s.max_new_tokens, sampling=SamplingParams(temperature=s.temperature),
+            eos_token_ids=self.eos_ids, seed=seed, num_samples=s.group_size, **generate_kwargs,
+        )  # fmt: skip
+        return gen, time.perf_counter() - start
+
+    def rewards(self, task: Task, example: Example, gen: Generation):
+        """The decoded answers ``[G]`` and their task rewards ``[G]``."""
+        rows = range(len(gen.lengths))
+        answers = [self.processor.decode(gen.tokens[b, : gen.lengths[b]]) for b in rows]
+        return answers, np.asarray([task.reward(example, a) for a in answers], np.float32)
+
+    def update(self, inputs: dict, gen: Generation, rewards: np.ndarray):
+        """One optimizer update on the group; returns ``(metrics, advantages, credit)``."""
+        rows = len(rewards)
+        answers = [gen.tokens[b, : gen.lengths[b]].tolist() for b in range(rows)]
+        pad = self.processor.tokenizer.pad_token_id
+        seqs = policy.pack(self.model.config, [inputs], answers, [0] * rows, LENGTH, pad)
+        advantages = np.asarray(grpo.group_advantages(rewards), np.float32)
+        self.state, self.opt_state, metrics, credit = self._update(
+            self.state, self.ref_state, self.opt_state, seqs, advantages
+        )
+        metrics = {k: float(v) for k, v in metrics.items()}
+        credit = np.asarray(credit)
+        start = gen.prompt_length - 1  # position that predicts the first answer token
+        per_answer = [credit[b, start : start + len(a)] for b, a in enumerate(answers)]
+        return metrics, advantages, per_answer
+
+    def step(self, task: Task, example: Example, seed: int) -> StepResult:
+        """Sample, reward and update on one example."""
+        inputs = self.processor.prepare(example.question, [example.image])
+        gen, seconds = self.sample(inputs, seed, telemetry=False)
+        answers, rewards = self.rewards(task, example, gen)
+        metrics, advantages, credit = self.update(inputs, gen, rewards)
+        metrics.update(
+            reward_mean=float(rewards.mean()),
+            reward_std=float(rewards.std()),
+            tokens_per_s=float(gen.lengths.sum() / seconds),
+        )
+        return StepResult(example, gen, answers, rewards, advantages, metrics, credit)
+
+
+METRIC_KEYS = (
+    "reward_mean", "reward_std", "kl", "loss", "clip_frac", "entropy", "grad_norm", "tokens_per_s",
+)  # fmt: skip
+
+
+def cli_main(args: argparse.Namespace) -> int:
+    model_dir = Path(args.model) if args.model else DEFAULT_MODEL
+    if args.steps < 1:
+        print("python -m model rl: --steps must be at least 1", file=sys.stderr)
+        return 2
+    try:
+        m = load_pretrained(model_dir)
+        processor = Processor.from_pretrained(model_dir)
+    except (CheckpointError, ProcessorError) as e:
+        print(f"python -m model rl: {e}", file=sys.stderr)
+        return 2
+    trainer = GRPOTrainer(m, processor)
+    task = Task("train", args.seed)
+    for step in range(args.steps):
+        start = time.perf_counter()
+        result = trainer.step(task, task.sample(step), seed=args.seed * 1_000_003 + step)
+        record = {
+            "step": step + 1,
+            **{k: round(result.metrics[k], 6) for k in METRIC_KEYS},
+            "qtype": result.example.qtype,
+            "seconds": round(time.perf_counter() - start, 3),
+        }
+        if args.json:
+            print(json.dumps(record), flush=True)
+        else:
+            print(
+                f"step {record['step']:>4}  reward {record['reward_mean']:+.3f} "
+                f"± {record['reward_std']:.3f}  kl {record['kl']:.4f}  loss {record['loss']:+.4f}"
+                f"  {record['tokens_per_s']:.0f} tok/s  {record['qtype']}",
+                flush=True,
+            )
+    return 0
