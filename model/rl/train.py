@@ -42,7 +42,7 @@ from model.sampling import SamplingParams
 from model.tasks import Example, Task
 
 DEFAULT_MODEL = Path(__file__).resolve().parents[2] / "assets" / "tiny-qwen3vl"
-LENGTH = 96  # tokens per row in the update: the longest prompt (83) + MAX_NEW_TOKENS, padded
+LENGTH = 96  # tokens per row in the update: the longest prompt (83) + max_new_tokens (8), padded
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,6 +56,9 @@ class GRPOSettings:
 
     def objective(self) -> grpo.GRPOConfig:
         return grpo.GRPOConfig(self.clip_eps, self.kl_coef, self.temperature)
+
+
+DEFAULT_SETTINGS = GRPOSettings()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,7 +104,7 @@ def _make_update(graphdef, optimizer, objective: grpo.GRPOConfig):
 class GRPOTrainer:
     """The policy being trained, its frozen initial copy, AdamW and the compiled update."""
 
-    def __init__(self, m, processor: Processor, settings: GRPOSettings = GRPOSettings()):
+    def __init__(self, m, processor: Processor, settings: GRPOSettings = DEFAULT_SETTINGS):
         self.processor = processor
         self.settings = settings
         self.graphdef, self.state = nnx.split(m)
@@ -157,12 +160,18 @@ class GRPOTrainer:
         gen, seconds = self.sample(inputs, seed, telemetry=False)
         answers, rewards = self.rewards(task, example, gen)
         metrics, advantages, credit = self.update(inputs, gen, rewards)
-        metrics.update(
-            reward_mean=float(rewards.mean()),
-            reward_std=float(rewards.std()),
-            tokens_per_s=float(gen.lengths.sum() / seconds),
-        )
+        metrics.update(rollout_metrics(rewards, gen, seconds))
         return StepResult(example, gen, answers, rewards, advantages, metrics, credit)
+
+
+def rollout_metrics(rewards: np.ndarray, gen: Generation, seconds: float) -> dict[str, float]:
+    """Reward mean and std of a group, and its sampling throughput: new tokens of all rows
+    (EOS included) per second of ``generate`` (prefill and vision tower included)."""
+    return {
+        "reward_mean": float(rewards.mean()),
+        "reward_std": float(rewards.std()),
+        "tokens_per_s": float(gen.lengths.sum() / seconds),
+    }
 
 
 METRIC_KEYS = (

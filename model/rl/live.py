@@ -1,0 +1,116 @@
+"""The GRPO loop as a live rollout for the dashboard: it learns while it publishes telemetry.
+
+``run_grpo`` emits, through ``sink.emit`` (``model.telemetry`` events):
+
+- once: ``RunInfo`` (mode ``"grpo"``, batch size = the group size ``G``);
+- per GRPO step (``episode`` = step): the watched sample's ``PhaseEvent`` prefill start/end,
+  ``PrefillEvent``, ``PhaseEvent`` decode start, one ``DecodeEvent`` per token of the watched
+  sample, ``PhaseEvent`` decode end (``model.rollout.sample_watched``, the same code as
+  inference), then ``PhaseEvent`` reward start/end, ``PhaseEvent`` update start/end, a
+  ``TrainEvent`` with the group's rewards and the update's metrics, and a ``CreditEvent``
+  with the watched sample's answer tokens and their credit (``model.rl.grpo``).
+
+``control`` is honoured as in inference: ``control.selection`` picks the watched
+(sample, layer, head), ``control.gate()`` runs before every decode step (pause, single step)
+and a stop ends the loop before the next update.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import time
+
+import numpy as np
+
+from model import telemetry as tm
+from model.decode import default_capacity
+from model.rl.train import DEFAULT_SETTINGS, LENGTH, GRPOSettings, GRPOTrainer, rollout_metrics
+from model.rollout import run_info, sample_watched
+from model.sampling import SamplingParams
+from model.tasks import Task
+
+
+@contextlib.contextmanager
+def _phase(sink: tm.Sink, phase: str):
+    """Emit a phase's start event, run the body, emit its end event with the wall time."""
+    sink.emit(tm.PhaseEvent(phase=phase, active=True, elapsed_ms=0.0))
+    start = time.perf_counter()
+    yield
+    elapsed_ms = (time.perf_counter() - start) * 1e3
+    sink.emit(tm.PhaseEvent(phase=phase, active=False, elapsed_ms=elapsed_ms))
+
+
+def run_grpo(
+    m,
+    processor,
+    task: Task,
+    *,
+    sink: tm.Sink,
+    control: tm.RolloutControl,
+    group_size: int = 8,
+    steps: int | None = None,
+    settings: GRPOSettings = DEFAULT_SETTINGS,
+    seed: int = 0,
+    model_name: str | None = None,
+    random_init: bool = False,
+) -> GRPOTrainer:
+    """GRPO on ``task`` (examples ``task.sample(0), task.sample(1), ...``) starting from
+    ``m``, publishing telemetry to ``sink``, for ``steps`` steps (``None``: until stopped).
+
+    ``settings`` gives the sampling and optimisation parameters; ``group_size`` overrides
+    its group size. Returns the trainer, whose ``model`` is the policy learned so far.
+    """
+    settings = dataclasses.replace(settings, group_size=group_size)
+    trainer = GRPOTrainer(m, processor, settings)
+    sampling = SamplingParams(temperature=settings.temperature)
+    capacity = default_capacity(LENGTH - settings.max_new_tokens, settings.max_new_tokens)
+    sink.emit(
+        run_info(
+            m, processor, mode="grpo", batch_size=group_size, capacity=capacity,
+            sampling=sampling, max_new_tokens=settings.max_new_tokens, model_name=model_name,
+            random_init=random_init,
+        )
+    )  # fmt: skip
+    step = 0
+    while (steps is None or step < steps) and not control.stopped:
+        example = task.sample(step)
+        inputs = processor.prepare(example.question, [example.image])
+        start = time.perf_counter()
+        gen = sample_watched(
+            trainer.model, processor, inputs, example.image, sink=sink, control=control,
+            sampling=sampling, max_new_tokens=settings.max_new_tokens, capacity=capacity,
+            episode=step, seed=seed * 1_000_003 + step, num_samples=group_size,
+        )  # fmt: skip
+        seconds = time.perf_counter() - start
+        if control.stopped:
+            break  # the group may be incomplete: no update
+        with _phase(sink, "reward"):
+            _, rewards = trainer.rewards(task, example, gen)
+        with _phase(sink, "update"):
+            metrics, advantages, credit = trainer.update(inputs, gen, rewards)
+        metrics.update(rollout_metrics(rewards, gen, seconds))
+        sink.emit(
+            tm.TrainEvent(
+                step=step,
+                **{k: metrics[k] for k in (
+                    "reward_mean", "reward_std", "kl", "loss", "clip_frac", "entropy",
+                    "grad_norm", "tokens_per_s",
+                )},
+                rewards=rewards,
+            )
+        )  # fmt: skip
+        watched = min(max(int(control.selection[0]), 0), group_size - 1)
+        answer = gen.tokens[watched, : gen.lengths[watched]]
+        sink.emit(
+            tm.CreditEvent(
+                step=step,
+                sample=watched,
+                tokens=tuple(processor.token_texts(answer)),
+                credits=np.asarray(credit[watched], np.float32),
+                reward=float(rewards[watched]),
+                advantage=float(advantages[watched]),
+            )
+        )
+        step += 1
+    return trainer

@@ -1,0 +1,113 @@
+"""run_grpo on a tiny random model: the events of each step, their values, and control."""
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from model import telemetry as tm
+from model.rl.live import run_grpo
+from model.rl.train import GRPOSettings
+from model.tasks import Task
+
+SETTINGS = GRPOSettings(max_new_tokens=4, learning_rate=1e-2)
+STEP_KINDS_HEAD = ["phase", "phase", "prefill", "phase"]
+STEP_KINDS_TAIL = ["phase", "phase", "phase", "phase", "phase", "train", "credit"]
+
+
+class Recorder:
+    def __init__(self, on_event=None):
+        self.events, self.on_event = [], on_event
+
+    def emit(self, event):
+        self.events.append(event)
+        if self.on_event:
+            self.on_event(event)
+
+    def of(self, cls):
+        return [e for e in self.events if isinstance(e, cls)]
+
+
+@pytest.fixture(scope="module")
+def two_steps(tiny_policy, processor):
+    sink, control = Recorder(), tm.RolloutControl(sample=2, layer=1, head=3)
+    trainer = run_grpo(
+        tiny_policy, processor, Task("train", 0), sink=sink, control=control, group_size=4,
+        steps=2, settings=SETTINGS,
+    )  # fmt: skip
+    return sink, trainer
+
+
+def test_event_sequence(two_steps):
+    sink, _ = two_steps
+    kinds = [e.kind for e in sink.events]
+    assert kinds[0] == "run"
+    rest, i = kinds[1:], 0
+    for _ in range(2):
+        assert rest[i : i + 4] == STEP_KINDS_HEAD
+        n = 0
+        while rest[i + 4 + n] == "decode":
+            n += 1
+        assert n >= 1
+        assert rest[i + 4 + n : i + 4 + n + 7] == STEP_KINDS_TAIL
+        i += 4 + n + 7
+    assert i == len(rest)
+    phases = [(e.phase, e.active) for e in sink.of(tm.PhaseEvent)][:10]
+    assert phases == [
+        ("prefill", True), ("prefill", False), ("decode", True), ("decode", False),
+        ("reward", True), ("reward", False), ("update", True), ("update", False),
+        ("prefill", True), ("prefill", False),
+    ]  # fmt: skip
+    (info,) = sink.of(tm.RunInfo)
+    assert info.mode == "grpo" and info.batch_size == 4
+    assert info.sampling["temperature"] == SETTINGS.temperature
+
+
+def test_values_are_the_watched_samples(two_steps, processor):
+    sink, _ = two_steps
+    task = Task("train", 0)
+    for step, (train, credit) in enumerate(
+        zip(sink.of(tm.TrainEvent), sink.of(tm.CreditEvent), strict=True)
+    ):
+        assert train.step == credit.step == step
+        decodes = [e for e in sink.of(tm.DecodeEvent) if e.episode == step]
+        assert {e.sample for e in decodes} == {2} and credit.sample == 2
+        assert decodes[-1].done
+        # the credited tokens are the watched sample's decoded tokens, rewarded by the task
+        assert credit.tokens == tuple(e.token_text for e in decodes)
+        assert len(credit.credits) == len(decodes)
+        ids = [e.token_id for e in decodes]
+        assert credit.reward == task.reward(task.sample(step), processor.decode(ids))
+        assert train.rewards.shape == (4,) and train.rewards[2] == credit.reward
+        assert train.reward_mean == pytest.approx(float(train.rewards.mean()))
+        assert np.isfinite([train.kl, train.loss, train.entropy, train.grad_norm]).all()
+        assert train.tokens_per_s > 0
+        if step == 0 and credit.advantage == 0:
+            # first step: policy == reference, so no KL pull either: no credit at all
+            np.testing.assert_allclose(credit.credits, 0, atol=1e-6)
+    watched = [(p.episode, p.sample, p.layer, p.head) for p in sink.of(tm.PrefillEvent)]
+    assert watched == [(0, 2, 1, 3), (1, 2, 1, 3)]
+
+
+def test_the_policy_moves_and_the_update_compiles_once(two_steps, tiny_policy):
+    _, trainer = two_steps
+    before = jax.tree.leaves(nnx.state(tiny_policy))
+    after = jax.tree.leaves(trainer.state)
+    assert any(not np.array_equal(a, b) for a, b in zip(after, before, strict=True))
+    assert trainer._update._cache_size() == 1
+
+
+def test_stop_during_decoding_ends_without_another_update(tiny_policy, processor):
+    control = tm.RolloutControl()
+
+    def on_event(event):
+        if isinstance(event, tm.PrefillEvent) and event.episode == 1:
+            control.stop()
+
+    sink = Recorder(on_event)
+    run_grpo(
+        tiny_policy, processor, Task("train", 0), sink=sink, control=control, group_size=2,
+        settings=SETTINGS,
+    )  # fmt: skip
+    assert len(sink.of(tm.TrainEvent)) == 1
+    assert sink.events[-1].kind != "train" and sink.events[-1].kind != "credit"
