@@ -23,8 +23,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", metavar="DIR", help="run this HF Qwen3-VL checkpoint directory")
     p.add_argument("--image", metavar="PATH", help="image for --model inference")
     p.add_argument("--prompt", metavar="TEXT", help="prompt for --model inference")
-    p.add_argument("--max-new-tokens", type=int, default=64, metavar="N")
-    p.add_argument("--temperature", type=float, default=0.0, metavar="T")
+    p.add_argument(
+        "--max-new-tokens", type=int, default=64, metavar="N", help="--model runs (default 64)"
+    )
+    p.add_argument(
+        "--temperature", type=float, default=0.0, metavar="T", help="--model runs; 0 is greedy"
+    )
     p.add_argument("--fps", type=float, default=20.0, help="frames per second (default 20)")
     p.add_argument("--flash-hz", type=float, default=5.0, help="flash rate (default 5)")
     p.add_argument(
@@ -104,9 +108,7 @@ def _source(args: argparse.Namespace):
             seed=args.seed,
         )
         return fn, f"model {os.path.basename(os.path.normpath(args.model))}"
-    fn = sources.default_source(
-        max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed
-    )
+    fn = sources.default_source(seed=args.seed)
     return fn, ""
 
 

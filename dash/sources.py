@@ -85,16 +85,18 @@ def model_source(
     return run
 
 
-def default_source(*, max_new_tokens: int, temperature: float, seed: int):
-    """The embedded tiny Qwen3-VL (``assets/tiny-qwen3vl``) answering the synthetic visual
-    task's questions, episode after episode. Until the trained weights are in the assets,
-    it is a random initialisation of that model, and the header says so."""
+def default_source(*, seed: int, group_size: int = 8):
+    """The embedded tiny Qwen3-VL (``assets/tiny-qwen3vl``) learning the synthetic visual
+    task live with GRPO (``model.rl.live.run_grpo``): a group of ``group_size`` answers per
+    question, rewarded, then one policy update, until stopped. Without the trained weights
+    in the assets it starts from a random initialisation of that model, and the header
+    says so."""
     import model
     from model.processor import Processor, ProcessorError
+    from model.rl.live import run_grpo
     from model.rl.pretrain import tiny_config
     from model.tasks import Task
 
-    rollout = _rollout_module()
     try:
         processor = Processor.from_pretrained(EMBEDDED)
     except ProcessorError as e:
@@ -104,26 +106,19 @@ def default_source(*, max_new_tokens: int, temperature: float, seed: int):
         m = model.init_random(tiny_config(processor), seed)
     else:
         m, _ = _load(EMBEDDED)
-    task = Task("eval", seed)
-    sampling = {"temperature": temperature, "max_new_tokens": max_new_tokens, "seed": seed}
+    task = Task("train", seed)
 
     def run(sink, control) -> None:
-        episode = 0
-        while not control.stopped:
-            example = task.sample(episode)
-            rollout.run_inference(
-                m,
-                processor,
-                prompt=example.question,
-                image=example.image,
-                sink=sink,
-                control=control,
-                sampling={**sampling, "seed": seed + episode},
-                max_new_tokens=max_new_tokens,
-                episode=episode,
-                model_name=EMBEDDED.name,
-                random_init=random_init,
-            )
-            episode += 1
+        run_grpo(
+            m,
+            processor,
+            task,
+            sink=sink,
+            control=control,
+            group_size=group_size,
+            seed=seed,
+            model_name=EMBEDDED.name,
+            random_init=random_init,
+        )
 
     return run

@@ -8,8 +8,11 @@ from dash.snapshot import snapshot
 
 
 def test_default_source_fills_every_panel_from_the_model():
-    rollout = sources.default_source(max_new_tokens=6, temperature=0.0, seed=0)
-    text = snapshot(rollout, steps=4, size=(160, 48))
+    rollout = sources.default_source(seed=0, group_size=2)
+    # the embedded GRPO answers in at most 8 tokens: 20 decode steps span two updates
+    text = snapshot(rollout, steps=20, size=(160, 48))
+    assert re.search(r"step \d+ │ reward -?\d\.\d+ ± \d\.\d+ │ KL -?\d", text)
+    assert "no rewards" not in text
     assert re.search(r'Tok\[\d+\]: ".*" p=\d\.\d{3}', text)
     assert re.search(r"ATTENTION FLOW  \d+ layers × \d+ heads", text)
     assert re.search(r"image 0 · merged \d+×\d+ · Σ weight \d\.\d{3}", text)
