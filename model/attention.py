@@ -17,17 +17,18 @@ def attention(
 ) -> tuple[jax.Array, jax.Array]:
     """Softmax attention.
 
-    ``q [B, Tq, Hq, D]``, ``k, v [B, Tk, Hkv, D]``, ``mask [B, Tq, Tk]`` (True = may attend).
+    ``q [B, Tq, Hq, D]``, ``k, v [B, Hkv, Tk, D]`` (heads-major, the KV cache's layout),
+    ``mask [B, Tq, Tk]`` (True = may attend).
     Returns ``out [B, Tq, Hq, D]`` (dtype of ``q``) and ``probs [B, Hq, Tq, Tk]`` float32.
     Scores are taken in the inputs' dtype and the softmax in float32, as transformers does.
     """
     b, tq, hq, d = q.shape
-    hkv = k.shape[2]
+    hkv = k.shape[1]
     q = q.reshape(b, tq, hkv, hq // hkv, d)
-    scores = jnp.einsum("bqkgd,bskd->bkgqs", q, k) * jnp.asarray(d**-0.5, q.dtype)
+    scores = jnp.einsum("bqkgd,bksd->bkgqs", q, k) * jnp.asarray(d**-0.5, q.dtype)
     scores = jnp.where(mask[:, None, None], scores.astype(jnp.float32), NEG_INF)
     probs = jax.nn.softmax(scores, axis=-1)
-    out = jnp.einsum("bkgqs,bskd->bqkgd", probs.astype(v.dtype), v)
+    out = jnp.einsum("bkgqs,bksd->bqkgd", probs.astype(v.dtype), v)
     return out.reshape(b, tq, hq, d), probs.reshape(b, hq, tq, -1)
 
 
@@ -38,13 +39,16 @@ def head_stats(rows: jax.Array, vision: jax.Array) -> dict[str, jax.Array]:
     ``max_weight``, ``entropy`` (nats, ``0 log 0 = 0``), ``vision_mass``, ``sink_mass``
     (weight on position 0) and ``argmax`` (int32).
     """
-    logs = jnp.where(rows > 0, jnp.log(jnp.where(rows > 0, rows, 1.0)), 0.0)
+    logs = jnp.log(jnp.where(rows > 0, rows, 1.0))
+    top = rows.max(-1, keepdims=True)
+    # first index of the maximum: two plain reductions (a fused argmax is slow on CPU)
+    first = jnp.where(rows == top, jnp.arange(rows.shape[-1]), rows.shape[-1]).min(-1)
     return {
-        "max_weight": rows.max(-1),
+        "max_weight": top[..., 0],
         "entropy": -(rows * logs).sum(-1),
         "vision_mass": jnp.where(vision, rows, 0.0).sum(-1),
         "sink_mass": rows[..., 0],
-        "argmax": rows.argmax(-1).astype(jnp.int32),
+        "argmax": first.astype(jnp.int32),
     }
 
 

@@ -9,9 +9,10 @@ Flow of ``generate``:
 2. ``_prefill``: the full forward over the prompt writes every layer's keys and values into
    the cache; the first new token is sampled from the logits of the last prompt position.
 3. ``_step`` per further token: feeds the newest token of every row, writes its keys and
-   values at ``cache.length`` (``dynamic_update_slice`` on the donated cache), attends over the
-   whole capacity with a length mask, and samples the next token. All layers run in one
-   ``lax.scan``; nothing in the step waits for the host.
+   values at ``cache.length`` (``dynamic_update_slice`` on the donated per-layer cache
+   buffers), attends over the whole capacity with a length mask, and samples the next token.
+   All layers run in one compiled program over per-layer copies of their weights
+   (``unstack_layers``, made once per ``generate``); nothing in the step waits for the host.
 
 Telemetry (``telemetry=True``) for one watched batch row ``sample`` is computed inside both
 programs: per layer and query head ``[L, H]`` the max weight, entropy, vision mass, sink mass
@@ -42,27 +43,25 @@ from collections.abc import Callable, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
-from model import layers
 from model.attention import attention, head_stats, pool_max
 from model.kv_cache import KVCache
 from model.qwen3_vl import Prompt, Qwen3VL, causal_mask, encode, merge, prepare_prompt, split
 from model.sampling import GREEDY, TOP_ALTERNATIVES, SamplingParams, sample, top_alternatives
 from model.telemetry import HeadStats, RolloutControl
+from model.text import DecoderLayer
 
 MAP_SIZE = 128  # prefill attention map resolution (at most MAP_SIZE x MAP_SIZE)
 PROMPT_BUCKET = 32  # prompts are padded to a multiple of this many tokens
 CAPACITY_BUCKET = 128  # default cache capacities are multiples of this
-# UNROLL_NOTE: the decode step's layer loop is unrolled on accelerators, where every
-# iteration of a compiled loop costs a round trip to the host; on CPU the loop is free at run
-# time and unrolling only lengthens compilation.
 
 
 # --- device side: forward passes --------------------------------------------------------
 
 
 def _observer(num_layers: int, num_heads: int, selection, query, vision, with_map=False):
-    """``(observe, initial)`` for ``TextModel`` / the decode scan: keeps the attention rows
+    """``(observe, initial)`` for ``TextModel``'s prefill scan: keeps the attention rows
     ``[L, H, Tk]`` of query index ``query`` of batch row ``sample``, and (``with_map``) the
     selected ``(layer, head)``'s whole ``[Tq, Tk]`` map."""
     sample, layer, head = selection
@@ -82,7 +81,7 @@ def _observer(num_layers: int, num_heads: int, selection, query, vision, with_ma
 
 def prefill_forward(m: Qwen3VL, embeds, deepstack, positions, length, vision, selection=None):
     """Full forward of the padded prompt ``embeds [B, Tp, D]`` whose first ``length`` tokens
-    are real. Returns logits ``[B, V]`` of position ``length - 1``, ``k, v [L, B, Tp, Hkv, hd]``
+    are real. Returns logits ``[B, V]`` of position ``length - 1``, ``k, v [L, B, Hkv, Tp, hd]``
     and the telemetry observations (``None`` without a ``selection``)."""
     t = m.config.text
     observe, initial = None, None
@@ -98,34 +97,45 @@ def prefill_forward(m: Qwen3VL, embeds, deepstack, positions, length, vision, se
     return m.head(last), k, v, obs
 
 
-def step_forward(m: Qwen3VL, cache: KVCache, tokens, deltas, selection=None):
+def step_forward(m: Qwen3VL, layer_weights, cache: KVCache, tokens, deltas, selection=None):
     """One decode step: ``tokens [B]`` (each row's newest token) enter at cache index
-    ``cache.length``. Returns logits ``[B, V]``, the updated cache and the observations."""
-    t = m.config.text
+    ``cache.length``. ``layer_weights`` are the decoder layers' parameters one layer at a
+    time (``unstack_layers``). Returns logits ``[B, V]``, the updated cache and the
+    observations (``{"rows": [L, H, C]}``; ``None`` without a ``selection``).
+
+    The layers run as an unrolled Python loop over per-layer weights and cache buffers:
+    slicing stacked arrays inside a compiled loop would copy them every step.
+    """
     pos = cache.length
     x = m.language_model.embed_tokens(tokens)[:, None]  # [B, 1, D]
     cos, sin = m.cos_sin(jnp.broadcast_to((pos + deltas)[None, :, None], (3, len(deltas), 1)))
     mask = (jnp.arange(cache.capacity) <= pos)[None, None, :]  # [1, 1, C]
-    observe, obs = (lambda o, i, p: o), None
-    if selection is not None:
-        observe, obs = _observer(
-            t.num_hidden_layers, t.num_attention_heads, selection, 0, cache.vision[selection[0]]
-        )
-
-    def body(layer, carry, index):
-        x, ks, vs, obs = carry
+    rows = []
+    for index, layer in enumerate(layer_modules(m, layer_weights)):
         q, k, v = layer.qkv(x, cos, sin)
-        ks = jax.lax.dynamic_update_slice(ks, k[None].astype(ks.dtype), (index, 0, pos, 0, 0))
-        vs = jax.lax.dynamic_update_slice(vs, v[None].astype(vs.dtype), (index, 0, pos, 0, 0))
-        out, probs = attention(q, ks[index], vs[index], mask)
-        return (layer.finish(x, out), ks, vs, observe(obs, index, probs)), None
-
-    carry = (x, cache.k, cache.v, obs)
-    index = jnp.arange(t.num_hidden_layers)
-    unroll = jax.default_backend() != "cpu"  # see UNROLL_NOTE
-    (x, ks, vs, obs), _ = layers.scan(m.language_model.layers, body, carry, index, unroll=unroll)
-    cache = dataclasses.replace(cache, k=ks, v=vs, length=pos + 1)
+        cache = cache.write_token(index, k, v)
+        out, probs = attention(q, cache.k[index], cache.v[index], mask)
+        if selection is not None:
+            rows.append(probs[selection[0], :, 0])  # [H, C]
+        x = layer.finish(x, out)
+    cache = dataclasses.replace(cache, length=pos + 1)
+    obs = {"rows": jnp.stack(rows)} if selection is not None else None
     return m.head(m.language_model.norm(x[:, 0])), cache, obs
+
+
+def layer_modules(m: Qwen3VL, layer_weights) -> list[DecoderLayer]:
+    """One ``DecoderLayer`` per entry of ``unstack_layers``' output (inside jitted code)."""
+    graphdef, state = nnx.split(m.language_model.layers)
+    treedef = jax.tree.structure(state)
+    return [nnx.merge(graphdef, jax.tree.unflatten(treedef, w)) for w in layer_weights]
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def unstack_layers(graph, weights) -> list[list[jax.Array]]:
+    """The decoder layers' stacked parameters as one list of arrays per layer (copies)."""
+    _, state = nnx.split(merge(graph, weights).language_model.layers)
+    leaves = jax.tree.leaves(state)
+    return [[a[i] for a in leaves] for i in range(leaves[0].shape[0])]
 
 
 def _token_telemetry(obs, vision, tokens, logp, selection, cache_len, position):
@@ -161,10 +171,14 @@ def _prefill(
 
 
 @functools.partial(jax.jit, static_argnums=0, static_argnames="telemetry", donate_argnames="cache")
-def _step(graph, weights, cache, tokens, deltas, key, step, params, selection, *, telemetry):
+def _step(
+    graph, weights, layer_weights, cache, tokens, deltas, key, step, params, selection, *,
+    telemetry,
+):  # fmt: skip
     m = merge(graph, weights)
     pos = cache.length
-    logits, cache, obs = step_forward(m, cache, tokens, deltas, selection if telemetry else None)
+    sel = selection if telemetry else None
+    logits, cache, obs = step_forward(m, layer_weights, cache, tokens, deltas, sel)
     tokens, logp = sample(jax.random.fold_in(key, step), logits, params)
     if not telemetry:
         return cache, tokens, None
@@ -348,6 +362,7 @@ def generate(
         return _clamp_selection(control.selection if control else (0, 0, 0), batch, m)
 
     graph, weights = split(m)
+    layer_weights = unstack_layers(graph, weights)
     start = time.perf_counter()
     embeds, deepstack, norms = encode(graph, weights, prompt)
     prompt = _repeat_rows(prompt, num_samples)
@@ -423,8 +438,8 @@ def generate(
                 break
         sel = selection()
         cache, tokens, tel = _step(
-            graph, weights, cache, tokens, prompt.deltas, key, np.int32(step), params, sel,
-            telemetry=telemetry,
+            graph, weights, layer_weights, cache, tokens, prompt.deltas, key, np.int32(step),
+            params, sel, telemetry=telemetry,
         )  # fmt: skip
         results = tel if telemetry else (tokens,)
         _to_host_async(results)

@@ -24,8 +24,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from model import layers
 from model.attention import attention
+from model.decode import layer_modules, unstack_layers
 from model.qwen3_vl import Qwen3VL, merge, split
 from model.rope import apply_rotary
 from model.sampling import GREEDY, SamplingParams, sample
@@ -39,28 +39,27 @@ def _mrope(graph, weights, positions, q, k):
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _qkv(graph, weights, x):
-    def body(layer, carry, _):
-        return carry, layer.self_attn.project(layer.input_layernorm(x))
-
-    return layers.scan(merge(graph, weights).language_model.layers, body, None)[1]
+def _qkv(graph, weights, layer_weights, x):
+    layers = layer_modules(merge(graph, weights), layer_weights)
+    return [layer.self_attn.project(layer.input_layernorm(x)) for layer in layers]
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _attention(graph, weights, q, ks, vs, length):
-    mask = (jnp.arange(ks.shape[2]) < length)[None, None, :]
-
-    def body(layer, carry, kv):
-        out, _ = attention(q, kv[0], kv[1], mask)
-        return carry, layer.self_attn.o_proj(out.reshape(*q.shape[:2], -1))
-
-    return layers.scan(merge(graph, weights).language_model.layers, body, None, (ks, vs))[1]
+def _attention(graph, weights, layer_weights, q, ks, vs, length):
+    mask = (jnp.arange(ks[0].shape[2]) < length)[None, None, :]
+    layers = layer_modules(merge(graph, weights), layer_weights)
+    outs = []
+    for layer, k, v in zip(layers, ks, vs, strict=True):
+        out, _ = attention(q, k, v, mask)
+        outs.append(layer.self_attn.o_proj(out.reshape(*q.shape[:2], -1)))
+    return outs
 
 
 @functools.partial(jax.jit, donate_argnums=(0, 1))
 def _kv_write(ks, vs, k, v, pos):
-    start = (0, 0, pos, 0, 0)
-    return jax.lax.dynamic_update_slice(ks, k, start), jax.lax.dynamic_update_slice(vs, v, start)
+    start = (0, 0, pos, 0)
+    update = jax.lax.dynamic_update_slice
+    return [update(b, k, start) for b in ks], [update(b, v, start) for b in vs]
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -109,26 +108,27 @@ def _measure(graph, weights, m, batch, capacity, sampling, repeats) -> dict[str,
         return jnp.asarray(rng.standard_normal(shape, np.float32), m.dtype)
 
     nl, hq, hkv, hd = t.num_hidden_layers, t.num_attention_heads, t.num_key_value_heads, t.head_dim
+    layer_weights = unstack_layers(graph, weights)
     positions = np.full((3, batch, 1), capacity // 2, np.int32)
     x = normal(batch, 1, t.hidden_size)
-    q, k, v = (
-        normal(nl, batch, 1, hq, hd),
-        normal(nl, batch, 1, hkv, hd),
-        normal(nl, batch, 1, hkv, hd),
-    )
-    ks, vs = normal(nl, batch, capacity, hkv, hd), normal(nl, batch, capacity, hkv, hd)
+    q, k, v = normal(batch, 1, hq, hd), normal(batch, hkv, 1, hd), normal(batch, hkv, 1, hd)
+    q_all, k_all = normal(nl, batch, 1, hq, hd), normal(nl, batch, 1, hkv, hd)
+    ks = [normal(batch, hkv, capacity, hd) for _ in range(nl)]
+    vs = [normal(batch, hkv, capacity, hd) for _ in range(nl)]
     pos = np.int32(capacity // 2)
-    written = [jnp.zeros_like(ks), jnp.zeros_like(vs)]  # donated and replaced by each write
+    written = [[jnp.zeros_like(b) for b in ks], [jnp.zeros_like(b) for b in vs]]
 
-    def write():
+    def write():  # the buffers are donated and replaced by each write
         written[:] = _kv_write(*written, k, v, pos)
         return written
 
     params = sampling.arrays()
     return {
-        "mrope": _median_ms(lambda: _mrope(graph, weights, positions, q, k), repeats),
-        "qkv": _median_ms(lambda: _qkv(graph, weights, x), repeats),
-        "attention": _median_ms(lambda: _attention(graph, weights, q[0], ks, vs, pos), repeats),
+        "mrope": _median_ms(lambda: _mrope(graph, weights, positions, q_all, k_all), repeats),
+        "qkv": _median_ms(lambda: _qkv(graph, weights, layer_weights, x), repeats),
+        "attention": _median_ms(
+            lambda: _attention(graph, weights, layer_weights, q, ks, vs, pos), repeats
+        ),
         "kv_write": _median_ms(write, repeats),
         "sample": _median_ms(
             lambda: _sample(graph, weights, x[:, 0], jax.random.key(0), params), repeats

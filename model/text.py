@@ -51,9 +51,12 @@ class Attention(nnx.Module):
     def qkv(
         self, x: jax.Array, cos: jax.Array, sin: jax.Array
     ) -> tuple[jax.Array, jax.Array, jax.Array]:
-        """``project``, then q and k rotated by ``cos, sin [B, T, head_dim]`` (mRoPE)."""
+        """``project``, then q and k rotated by ``cos, sin [B, T, head_dim]`` (mRoPE).
+        Returns ``q [B, T, Hq, hd]`` and, heads-major as the KV cache stores them,
+        ``k, v [B, Hkv, T, hd]``."""
         q, k, v = self.project(x)
-        return apply_rotary(q, cos, sin), apply_rotary(k, cos, sin), v
+        k = apply_rotary(k, cos, sin)
+        return apply_rotary(q, cos, sin), jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2)
 
 
 class MLP(nnx.Module):
@@ -86,7 +89,7 @@ class DecoderLayer(nnx.Module):
         return x + self.mlp(self.post_attention_layernorm(x))
 
     def __call__(self, x, cos, sin, mask):
-        """Full-sequence layer: returns ``x [B, T, D]``, ``k, v [B, T, Hkv, hd]`` and the
+        """Full-sequence layer: returns ``x [B, T, D]``, ``k, v [B, Hkv, T, hd]`` and the
         attention weights ``[B, Hq, T, T]``."""
         q, k, v = self.qkv(x, cos, sin)
         out, probs = attention(q, k, v, mask)
@@ -121,7 +124,7 @@ class TextModel(nnx.Module):
 
         ``deepstack [k, B, T, D]`` (zeros outside image tokens) is added after layers
         ``0 .. k-1``. ``observe`` folds each layer's attention weights into ``observed``.
-        Returns the normed hidden state ``[B, T, D]``, per-layer ``k, v [L, B, T, Hkv, hd]``
+        Returns the normed hidden state ``[B, T, D]``, per-layer ``k, v [L, B, Hkv, T, hd]``
         and the final ``observed``.
         """
         observe = observe or (lambda c, i, p: c)

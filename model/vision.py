@@ -59,6 +59,7 @@ class VisionAttention(nnx.Module):
         n = x.shape[0]
         q, k, v = jnp.moveaxis(self.qkv(x).reshape(n, 3, self.num_heads, -1), 1, 0)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        k, v = jnp.swapaxes(k, 0, 1), jnp.swapaxes(v, 0, 1)  # heads-major [heads, N, hd]
         out, _ = attention(q[None], k[None], v[None], mask[None])
         return self.proj(out.reshape(n, -1))
 

@@ -16,6 +16,7 @@ from model.decode import (
     generate,
     prefill_forward,
     step_forward,
+    unstack_layers,
 )
 from model.kv_cache import KVCache
 from model.qwen3_vl import causal_mask, encode, merge, prepare_prompt, split
@@ -34,8 +35,8 @@ def _prefill_logits(graph, weights, cache, embeds, deepstack, positions, length,
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _step_logits(graph, weights, cache, tokens, deltas):
-    logits, cache, _ = step_forward(merge(graph, weights), cache, tokens, deltas)
+def _step_logits(graph, weights, layer_weights, cache, tokens, deltas):
+    logits, cache, _ = step_forward(merge(graph, weights), layer_weights, cache, tokens, deltas)
     return logits, cache
 
 
@@ -77,13 +78,14 @@ def test_cached_decode_equals_full_forward(tiny_model, reference, with_image):
     prompt = _pad_prompt(prompt, -(-length // PROMPT_BUCKET) * PROMPT_BUCKET)
     embeds, deepstack, _ = encode(graph, weights, prompt)
     cache = KVCache.create(m.config.text, 1, CAPACITY, m.dtype)
+    layers = unstack_layers(graph, weights)
     logits, cache = _prefill_logits(
         graph, weights, cache, embeds, deepstack, prompt.positions, np.int32(length),
         prompt.image_mask,
     )  # fmt: skip
     np.testing.assert_allclose(np.asarray(logits)[0], full[length - 1], atol=1e-5)
     for i in range(n - 1):
-        logits, cache = _step_logits(graph, weights, cache, new[:, i], prompt.deltas)
+        logits, cache = _step_logits(graph, weights, layers, cache, new[:, i], prompt.deltas)
         np.testing.assert_allclose(np.asarray(logits)[0], full[length + i], atol=1e-5)
 
 
