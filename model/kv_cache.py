@@ -67,9 +67,3 @@ class KVCache:
         ks[layer] = jax.lax.dynamic_update_slice(ks[layer], k.astype(ks[layer].dtype), start)
         vs[layer] = jax.lax.dynamic_update_slice(vs[layer], v.astype(vs[layer].dtype), start)
         return dataclasses.replace(self, k=tuple(ks), v=tuple(vs))
-
-
-def bytes_per_token(cfg: TextConfig, dtype) -> int:
-    """Cache bytes one token takes over all layers (keys and values)."""
-    itemsize = jnp.dtype(dtype).itemsize
-    return 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * cfg.head_dim * itemsize

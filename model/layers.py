@@ -95,13 +95,12 @@ def scan(
     *,
     start: int = 0,
     stop: int | None = None,
-    unroll: bool = False,
 ):
     """Run ``body(layer, carry, x) -> (carry, y)`` over the stacked ``layers[start:stop]``.
 
     ``layer`` is one layer's module (its parameters sliced out of the stack); ``xs`` is a
     pytree with a leading axis of ``stop - start``. Returns ``(carry, ys)`` like
-    ``jax.lax.scan``; ``unroll`` trades compile time for no loop overhead at run time.
+    ``jax.lax.scan``.
     """
     graphdef, state = nnx.split(layers)
     state = jax.tree.map(lambda a: a[start:stop], state)
@@ -110,4 +109,4 @@ def scan(
         layer_state, x = inputs
         return body(nnx.merge(graphdef, layer_state), c, x)
 
-    return jax.lax.scan(step, carry, (state, xs), unroll=unroll)
+    return jax.lax.scan(step, carry, (state, xs))
