@@ -132,7 +132,8 @@ def layer_modules(m: Qwen3VL, layer_weights) -> list[DecoderLayer]:
 
 @functools.partial(jax.jit, static_argnums=0)
 def unstack_layers(graph, weights) -> list[list[jax.Array]]:
-    """The decoder layers' stacked parameters as one list of arrays per layer (copies)."""
+    """The decoder layers' stacked parameters as one list of arrays per layer: copies, the
+    decode step's weights, which take as much memory again as the decoder layers."""
     _, state = nnx.split(merge(graph, weights).language_model.layers)
     leaves = jax.tree.leaves(state)
     return [[a[i] for a in leaves] for i in range(leaves[0].shape[0])]
