@@ -1,11 +1,15 @@
 """The handoff from the rollout thread to the UI: it drops, it never waits.
 
-``emit`` (any thread) schedules delivery on the event loop with
-``loop.call_soon_threadsafe`` and returns at once: no round trip to the UI. At most
-``max_in_flight`` deliveries may be scheduled and not yet run; beyond that (the event
-loop is busy, e.g. rendering) the event is dropped. On the loop, delivery is
-``send_nowait`` into a bounded anyio memory object stream; when the UI has not drained
-it (``WouldBlock``) the event is dropped. Both drops are counted, so at any moment
+``emit`` (any thread) appends the event to a pending batch and returns at once: no round
+trip to the UI. The first event of a batch also schedules the batch's delivery on the event
+loop with ``loop.call_soon_threadsafe``; later events join the batch without scheduling
+anything, so a producer wakes the loop at most once per loop pass, however fast it emits.
+(Each wake-up writes to the loop's self-pipe, a system call that releases the GIL; getting
+the GIL back can mean waiting for a UI thread in the middle of a frame.) At most
+``max_in_flight`` events may be pending; beyond that (the event loop is busy, e.g. rendering)
+the event is dropped. On the loop, delivery is ``send_nowait`` of each pending event into a
+bounded anyio memory object stream; when the UI has not drained it (``WouldBlock``) the event
+is dropped. Both drops are counted, so on the event loop thread at any moment
 
     sent = received + dropped + in_flight + buffered
 
@@ -49,7 +53,8 @@ class DroppingChannel:
         self._lock = threading.Lock()
         self._sent = 0
         self._dropped = 0
-        self._in_flight = 0
+        self._pending: list[tm.Event] = []  # emitted, delivery scheduled, not yet run
+        self._scheduled = False  # a delivery of the pending batch is scheduled
         self._received = 0
         # (time, received so far) at each drain over the last second, for the rate
         self._marks = collections.deque([(time.monotonic(), 0)])
@@ -59,27 +64,34 @@ class DroppingChannel:
     def emit(self, event: tm.Event) -> None:
         with self._lock:
             self._sent += 1
-            if self._in_flight >= self._max_in_flight:
+            if len(self._pending) >= self._max_in_flight:
                 self._dropped += 1
                 return
-            self._in_flight += 1
+            self._pending.append(event)
+            if self._scheduled:
+                return
+            self._scheduled = True
         try:
-            self._loop.call_soon_threadsafe(self._deliver, event)
+            self._loop.call_soon_threadsafe(self._deliver)
         except RuntimeError:  # the loop has closed: nobody will read it
             with self._lock:
-                self._in_flight -= 1
-                self._dropped += 1
+                self._dropped += len(self._pending)
+                self._pending.clear()
+                self._scheduled = False
 
     # --- consumer side (event loop thread) ---
 
-    def _deliver(self, event: tm.Event) -> None:
-        try:
-            self._send.send_nowait(event)
-            dropped = 0
-        except (anyio.WouldBlock, anyio.BrokenResourceError, anyio.ClosedResourceError):
-            dropped = 1
+    def _deliver(self) -> None:
         with self._lock:
-            self._in_flight -= 1
+            batch, self._pending = self._pending, []
+            self._scheduled = False
+        dropped = 0
+        for event in batch:
+            try:
+                self._send.send_nowait(event)
+            except (anyio.WouldBlock, anyio.BrokenResourceError, anyio.ClosedResourceError):
+                dropped += 1
+        with self._lock:
             self._dropped += dropped
 
     def drain(self) -> list[tm.Event]:
@@ -100,12 +112,8 @@ class DroppingChannel:
 
     def counts(self) -> ChannelCounts:
         with self._lock:
-            sent, received, dropped, in_flight = (
-                self._sent,
-                self._received,
-                self._dropped,
-                self._in_flight,
-            )
+            sent, received, dropped = self._sent, self._received, self._dropped
+            in_flight = len(self._pending)
         rate = 0.0
         if len(self._marks) >= 2:
             (t0, n0), (t1, n1) = self._marks[0], self._marks[-1]
