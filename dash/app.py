@@ -40,6 +40,11 @@ from model import telemetry as tm
 
 RolloutFn = Callable[[EventSink, tm.RolloutControl], None]
 EXIT_FORCED = 130
+# While the dashboard runs, a thread waiting for the GIL asks for it after this long instead
+# of Python's default 5 ms. The UI thread holds the GIL for whole frames (milliseconds); the
+# rollout thread needs it only briefly between device computations, and at 5 ms a wait per
+# decode step would slow the run being watched (bench/telemetry_overhead.py measures it).
+SWITCH_INTERVAL_S = 0.0005
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,6 +103,8 @@ class App:
         if not in_main:
             # only the main thread may set signal handlers; resizes are polled instead
             screen.signal_handler_setter = lambda signum, handler: None
+        switch_interval = sys.getswitchinterval()
+        sys.setswitchinterval(SWITCH_INTERVAL_S)
         try:
             with self.main_loop.start():
                 self._show()
@@ -115,6 +122,7 @@ class App:
                             await self.rollout_done.wait()
                     tg.cancel_scope.cancel()
         finally:
+            sys.setswitchinterval(switch_interval)
             if self.recorder is not None:
                 self.recorder.close()
             self.channel.close()
