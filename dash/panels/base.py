@@ -11,11 +11,13 @@ exactly the size it was given. Untrusted text must already have gone through
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Hashable
 
 import urwid
 from urwid.str_util import calc_text_pos
+from urwid.util import apply_target_encoding, get_encoding
 
 from dash import state
 from dash.safe_text import safe, width
@@ -53,17 +55,42 @@ def fit(row: Row, cols: int, pad: bool = True, pad_attr: Hashable = None) -> Row
     return out
 
 
+@functools.lru_cache(maxsize=8192)
+def _encode(segment: str, encoding: str) -> tuple[bytes, tuple]:
+    """``segment`` in the screen's ``encoding`` (urwid's target) and its character-set runs;
+    cached because borders, cells and labels repeat every frame."""
+    data, cs = apply_target_encoding(segment)
+    return data, tuple(cs)
+
+
 def rows_canvas(rows: list[Row], cols: int, nrows: int, pad_attr: Hashable = None) -> urwid.Canvas:
-    """A canvas of exactly ``cols`` x ``nrows`` from the first ``nrows`` rows."""
+    """A canvas of exactly ``cols`` x ``nrows`` from the first ``nrows`` rows.
+
+    Each row is fitted to ``cols`` columns and encoded segment by segment straight into a
+    ``TextCanvas``: the rows are laid out already, so urwid's text layout (``urwid.Text``)
+    would only repeat the work; skipping it halves the cost of a frame.
+    """
     if cols <= 0 or nrows <= 0:
         return urwid.SolidCanvas(" ", max(cols, 0), max(nrows, 0))
     rows = rows[:nrows] + [[] for _ in range(nrows - len(rows))]
-    markup: list = []
-    for i, row in enumerate(rows):
-        if i:
-            markup.append("\n")
-        markup.extend(fit(row, cols, pad_attr=pad_attr))
-    return urwid.Text(markup, wrap="clip").render((cols,))
+    text: list[bytes] = []
+    attrs: list[list[tuple[Hashable, int]]] = []
+    charsets: list[list] = []
+    encoding = get_encoding()
+    for row in rows:
+        encoded: list[bytes] = []
+        attr: list[tuple[Hashable, int]] = []
+        charset: list = []
+        for a, segment in fit(row, cols, pad_attr=pad_attr):
+            data, cs = _encode(segment, encoding)
+            if data:
+                encoded.append(data)
+                attr.append((a, len(data)))
+                charset.extend(cs)
+        text.append(b"".join(encoded))
+        attrs.append(attr)
+        charsets.append(charset)
+    return urwid.TextCanvas(text, attrs, charsets, maxcol=cols)
 
 
 def flash(frame: state.Frame, attr: str, text: str) -> Row:

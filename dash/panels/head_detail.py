@@ -5,6 +5,7 @@ the terminal has 256 or more colours."""
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -47,6 +48,14 @@ def thumbnail(pixels, rows: int, cols: int, depth: int) -> list[Row] | None:
     if depth < theme.COLORS_256 or pixels.ndim != 3 or pixels.shape[2] != 3 or 0 in pixels.shape:
         return None
     pixels = pixels.astype(np.uint8)
+    return _thumbnail(pixels.tobytes(), pixels.shape, rows, cols, depth)
+
+
+@functools.lru_cache(maxsize=16)
+def _thumbnail(data: bytes, shape: tuple, rows: int, cols: int, depth: int) -> list[Row]:
+    """``thumbnail`` of the ``[h, w, 3]`` uint8 image ``data``. Cached: the same image is
+    drawn every frame of an episode, and a display attribute per cell is costly to build."""
+    pixels = np.frombuffer(data, np.uint8).reshape(shape)
     ys = ((np.arange(2 * rows) + 0.5) * pixels.shape[0] / (2 * rows)).astype(int)
     xs = ((np.arange(cols) + 0.5) * pixels.shape[1] / cols).astype(int)
     small = pixels[ys][:, xs]
