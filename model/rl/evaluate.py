@@ -1,7 +1,9 @@
-"""Eval of a model on the task: greedy answers to eval-split questions, rewarded per type.
+"""Eval of a model on the task: its answers to eval-split questions, rewarded per type.
 
+Greedy (``evaluate``): one answer per question. Sampled (``evaluate_sampled``): ``samples``
+answers per question at a temperature, the distribution GRPO samples from and optimises.
 ``accuracy`` is the fraction of answers with reward 1.0 (exactly right); ``reward`` the mean
-task reward (partial credit and the malformed penalty included).
+task reward (partial credit and the malformed penalty included); ``n`` counts answers.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import numpy as np
 
 from model.decode import generate
 from model.processor import Processor
+from model.sampling import SamplingParams
 from model.tasks import QTYPES, Task
 
 MAX_ANSWER_TOKENS = 6
@@ -47,14 +50,8 @@ def greedy_answers(m, processor: Processor, examples) -> list[str]:
     return texts
 
 
-def evaluate(m, processor: Processor, task: Task, per_type: int) -> dict[str, dict[str, float]]:
-    """``{qtype: {"accuracy", "reward", "n"}}`` over the first ``per_type`` examples of
-    each question type, plus ``"all"``."""
-    examples = [task.sample(i) for i in range(per_type * len(QTYPES))]
-    answers = greedy_answers(m, processor, examples)
-    rewards = {q: [] for q in QTYPES}
-    for ex, answer in zip(examples, answers, strict=True):
-        rewards[ex.qtype].append(task.reward(ex, answer))
+def _report(rewards: dict[str, list[float]]) -> dict[str, dict[str, float]]:
+    rewards = {q: rewards[q] for q in QTYPES}
     rewards["all"] = [r for q in QTYPES for r in rewards[q]]
     return {
         q: {
@@ -64,6 +61,38 @@ def evaluate(m, processor: Processor, task: Task, per_type: int) -> dict[str, di
         }
         for q, r in rewards.items()
     }
+
+
+def evaluate(m, processor: Processor, task: Task, per_type: int) -> dict[str, dict[str, float]]:
+    """``{qtype: {"accuracy", "reward", "n"}}`` of greedy answers to the first ``per_type``
+    examples of each question type, plus ``"all"``."""
+    examples = [task.sample(i) for i in range(per_type * len(QTYPES))]
+    answers = greedy_answers(m, processor, examples)
+    rewards = {q: [] for q in QTYPES}
+    for ex, answer in zip(examples, answers, strict=True):
+        rewards[ex.qtype].append(task.reward(ex, answer))
+    return _report(rewards)
+
+
+def evaluate_sampled(
+    m, processor: Processor, task: Task, per_type: int, *, temperature: float, samples: int
+) -> dict[str, dict[str, float]]:
+    """As ``evaluate``, over ``samples`` answers per question drawn at ``temperature``
+    (question ``i`` uses seed ``i``)."""
+    eos = sorted(processor.eos_token_ids)
+    rewards = {q: [] for q in QTYPES}
+    for i in range(per_type * len(QTYPES)):
+        ex = task.sample(i)
+        p = processor.prepare(ex.question, [ex.image])
+        gen = generate(
+            m, p["input_ids"], p["pixel_values"], p["image_grid_thw"],
+            max_new_tokens=MAX_ANSWER_TOKENS, sampling=SamplingParams(temperature=temperature),
+            eos_token_ids=eos, seed=i, num_samples=samples, telemetry=False,
+        )  # fmt: skip
+        for b in range(samples):
+            answer = processor.decode(gen.tokens[b, : gen.lengths[b]])
+            rewards[ex.qtype].append(task.reward(ex, answer))
+    return _report(rewards)
 
 
 def format_report(report: dict[str, dict[str, float]]) -> str:

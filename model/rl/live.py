@@ -3,12 +3,16 @@
 ``run_grpo`` emits, through ``sink.emit`` (``model.telemetry`` events):
 
 - once: ``RunInfo`` (mode ``"grpo"``, batch size = the group size ``G``);
-- per GRPO step (``episode`` = step): the watched sample's ``PhaseEvent`` prefill start/end,
+- per GRPO step (``episode`` = step) of ``P = settings.prompts_per_step`` questions: for the
+  first question's group, the watched sample's ``PhaseEvent`` prefill start/end,
   ``PrefillEvent``, ``PhaseEvent`` decode start, one ``DecodeEvent`` per token of the watched
   sample, ``PhaseEvent`` decode end (``model.rollout.sample_watched``, the same code as
-  inference), then ``PhaseEvent`` reward start/end, ``PhaseEvent`` update start/end, a
-  ``TrainEvent`` with the group's rewards and the update's metrics, and a ``CreditEvent``
-  with the watched sample's answer tokens and their credit (``model.rl.grpo``).
+  inference); when ``P > 1`` a ``PhaseEvent`` decode start/end around sampling the other
+  groups (no telemetry); then ``PhaseEvent`` reward start/end, ``PhaseEvent`` update
+  start/end, a ``TrainEvent`` and a ``CreditEvent`` with the watched sample's answer tokens
+  and their credit (``model.rl.grpo``). ``TrainEvent.rewards`` are the ``G`` rewards of the
+  watched group; its ``reward_mean`` / ``reward_std`` and the update's metrics cover all
+  ``P * G`` answers.
 
 ``control`` is honoured as in inference: ``control.selection`` picks the watched
 (sample, layer, head), ``control.gate()`` runs before every decode step (pause, single step)
@@ -74,22 +78,31 @@ def run_grpo(
     )  # fmt: skip
     step = 0
     while (steps is None or step < steps) and not control.stopped:
-        example = task.sample(step)
-        inputs = processor.prepare(example.question, [example.image])
+        examples = trainer.step_examples(task, step)
+        prompts = [processor.prepare(ex.question, [ex.image]) for ex in examples]
+        seeds = [(seed * 1_000_003 + step) * len(examples) + i for i in range(len(examples))]
         start = time.perf_counter()
-        gen = sample_watched(
-            trainer.model, processor, inputs, example.image, sink=sink, control=control,
-            sampling=sampling, max_new_tokens=settings.max_new_tokens, capacity=capacity,
-            episode=step, seed=seed * 1_000_003 + step, num_samples=group_size,
-        )  # fmt: skip
-        seconds = time.perf_counter() - start
+        generations = [
+            sample_watched(
+                trainer.model, processor, prompts[0], examples[0].image, sink=sink,
+                control=control, sampling=sampling, max_new_tokens=settings.max_new_tokens,
+                capacity=capacity, episode=step, seed=seeds[0], num_samples=group_size,
+            )
+        ]  # fmt: skip
         if control.stopped:
             break  # the group may be incomplete: no update
+        if len(examples) > 1:
+            with _phase(sink, "decode"):
+                for inputs, s in zip(prompts[1:], seeds[1:], strict=True):
+                    generations.append(trainer.sample(inputs, s, telemetry=False)[0])
+        seconds = time.perf_counter() - start
         with _phase(sink, "reward"):
-            _, rewards = trainer.rewards(task, example, gen)
+            pairs = zip(examples, generations, strict=True)
+            rewards = np.stack([trainer.rewards(task, ex, g)[1] for ex, g in pairs])
         with _phase(sink, "update"):
-            metrics, advantages, credit = trainer.update(inputs, gen, rewards)
-        metrics.update(rollout_metrics(rewards, gen, seconds))
+            groups = list(zip(prompts, generations, rewards, strict=True))
+            metrics, advantages, credit = trainer.update(groups)
+        metrics.update(rollout_metrics(rewards, generations, seconds))
         sink.emit(
             tm.TrainEvent(
                 step=step,
@@ -97,19 +110,19 @@ def run_grpo(
                     "reward_mean", "reward_std", "kl", "loss", "clip_frac", "entropy",
                     "grad_norm", "tokens_per_s",
                 )},
-                rewards=rewards,
+                rewards=rewards[0],
             )
         )  # fmt: skip
         watched = min(max(int(control.selection[0]), 0), group_size - 1)
-        answer = gen.tokens[watched, : gen.lengths[watched]]
+        answer = generations[0].tokens[watched, : generations[0].lengths[watched]]
         sink.emit(
             tm.CreditEvent(
                 step=step,
                 sample=watched,
                 tokens=tuple(processor.token_texts(answer)),
-                credits=np.asarray(credit[watched], np.float32),
-                reward=float(rewards[watched]),
-                advantage=float(advantages[watched]),
+                credits=np.asarray(credit[0][watched], np.float32),
+                reward=float(rewards[0, watched]),
+                advantage=float(advantages[0, watched]),
             )
         )
         step += 1

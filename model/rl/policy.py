@@ -76,6 +76,7 @@ def pack(
     if len(grid) != 1:
         raise ValueError("each prompt must show exactly one image")
     rows = len(answers)
+    prompt_ids = np.full((rows, length), pad_id, np.int32)
     input_ids = np.full((rows, length), pad_id, np.int32)
     mask = np.zeros((rows, length), np.float32)
     for b, (img, answer) in enumerate(zip(image_of_row, answers, strict=True)):
@@ -83,17 +84,20 @@ def pack(
         n = len(prompt) + len(answer)
         if n > length:
             raise ValueError(f"row {b} has {n} tokens, more than the batch length {length}")
+        prompt_ids[b, : len(prompt)] = prompt
         input_ids[b, : len(prompt)] = prompt
         input_ids[b, len(prompt) : n] = answer
         mask[b, len(prompt) - 1 : n - 1] = 1.0
     targets = np.concatenate([input_ids[:, 1:], np.full((rows, 1), pad_id, np.int32)], axis=1)
+    # Positions and image slots come from the prompts alone: answer tokens are text to the
+    # decoder, even a sampled <|image_pad|>, and text positions after the prompt count up.
     positions, _ = get_rope_index(
-        input_ids,
+        prompt_ids,
         np.repeat(grid, rows, axis=0),
         image_token_id=config.image_token_id,
         spatial_merge_size=config.vision.spatial_merge_size,
     )
-    image_slots = np.stack([np.flatnonzero(r == config.image_token_id) for r in input_ids])
+    image_slots = np.stack([np.flatnonzero(r == config.image_token_id) for r in prompt_ids])
     pixels = np.stack([np.asarray(p["pixel_values"], np.float32) for p in prompts])
     return Sequences(
         input_ids=input_ids,

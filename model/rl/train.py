@@ -1,23 +1,24 @@
-"""GRPO on the synthetic visual task: sample a group, reward it, update the policy.
+"""GRPO on the synthetic visual task: sample groups, reward them, update the policy.
 
 One GRPO step (``GRPOTrainer.step``):
 
-1. a train-split question about an image; ``group_size`` answers sampled from the live
-   policy by the KV-cache decoder (``model.decode.generate``, temperature sampling, the
-   vision tower run once for the group);
-2. task rewards of the answers (``model.tasks``) and group-normalised advantages;
-3. one AdamW update of the GRPO objective (``model.rl.grpo``) against the frozen initial
-   policy. The update is on-policy: the parameters that sampled the group are the ones
-   being updated, so the behaviour log-probs are those of the update's own forward pass
-   (the ratio is 1 and the clip fraction 0; see ``grpo.grpo_gradients``).
+1. ``prompts_per_step`` (P) train-split questions about images; for each, ``group_size``
+   (G) answers sampled from the live policy by the KV-cache decoder
+   (``model.decode.generate``, temperature sampling, the vision tower run once per group);
+2. task rewards of the answers (``model.tasks``) and advantages normalised within each group;
+3. one AdamW update of the GRPO objective (``model.rl.grpo``) on all ``P * G`` answers,
+   against the frozen initial policy. The update is on-policy: the parameters that sampled
+   the groups are the ones being updated, so the behaviour log-probs are those of the
+   update's own forward pass (the ratio is 1 and the clip fraction 0; see
+   ``grpo.grpo_gradients``).
 
-The update runs on a fixed shape (``group_size`` rows of ``LENGTH`` tokens, one image), so
-it is compiled once and reused by every step.
+The update runs on a fixed shape (``P * G`` rows of ``LENGTH`` tokens, ``P`` images), so it
+is compiled once and reused by every step.
 
 ``python -m model rl --steps N --json`` runs it headless and prints one JSON object per
-update: step, reward_mean, reward_std, kl, loss, clip_frac, entropy, grad_norm,
-tokens_per_s (new tokens of the whole group per second of sampling, prefill included),
-qtype and seconds (wall time of the step).
+update: step, reward_mean, reward_std (over the step's ``P * G`` answers), kl, loss,
+clip_frac, entropy, grad_norm, tokens_per_s (new tokens of all answers per second of
+sampling, prefill included), qtypes and seconds (wall time of the step).
 """
 
 from __future__ import annotations
@@ -47,10 +48,11 @@ LENGTH = 96  # tokens per row in the update: the longest prompt (83) + max_new_t
 
 @dataclasses.dataclass(frozen=True)
 class GRPOSettings:
-    group_size: int = 8
+    group_size: int = 8  # G: answers sampled per question
+    prompts_per_step: int = 16  # P: questions (groups) per update
     temperature: float = 1.0
     max_new_tokens: int = 8
-    learning_rate: float = 5e-4
+    learning_rate: float = 1e-3
     clip_eps: float = 0.2
     kl_coef: float = 0.04
 
@@ -63,15 +65,15 @@ DEFAULT_SETTINGS = GRPOSettings()
 
 @dataclasses.dataclass(frozen=True)
 class StepResult:
-    """What one GRPO step did (host values)."""
+    """What one GRPO step did (host values), group by group."""
 
-    example: Example
-    generation: Generation
-    answers: list[str]  # [G] decoded answers
-    rewards: np.ndarray  # [G] float32
-    advantages: np.ndarray  # [G] float32
+    examples: list[Example]  # [P]
+    generations: list[Generation]  # [P], G rows each
+    answers: list[list[str]]  # [P][G] decoded answers
+    rewards: np.ndarray  # [P, G] float32
+    advantages: np.ndarray  # [P, G] float32
     metrics: dict[str, float]  # loss, kl, clip_frac, entropy, grad_norm, reward_*, tokens_per_s
-    credit: list[np.ndarray]  # [G] per-token credit of each answer's tokens (EOS included)
+    credit: list[list[np.ndarray]]  # [P][G] per-token credit of each answer (EOS included)
 
 
 def _make_update(graphdef, optimizer, objective: grpo.GRPOConfig):
@@ -138,39 +140,66 @@ class GRPOTrainer:
         answers = [self.processor.decode(gen.tokens[b, : gen.lengths[b]]) for b in rows]
         return answers, np.asarray([task.reward(example, a) for a in answers], np.float32)
 
-    def update(self, inputs: dict, gen: Generation, rewards: np.ndarray):
-        """One optimizer update on the group; returns ``(metrics, advantages, credit)``."""
-        rows = len(rewards)
-        answers = [gen.tokens[b, : gen.lengths[b]].tolist() for b in range(rows)]
+    def update(self, groups: list[tuple[dict, Generation, np.ndarray]]):
+        """One optimizer update on ``groups`` of ``(prepared prompt, generation, rewards [G])``;
+        returns ``(metrics, advantages [P, G], credit [P][G])``. The update's shape is
+        ``P * G`` rows of ``LENGTH`` tokens and ``P`` images: compiled once per ``P``."""
+        prompts, answers, image_of_row, advantages = [], [], [], []
+        for i, (inputs, gen, rewards) in enumerate(groups):
+            prompts.append(inputs)
+            answers += [gen.tokens[b, : gen.lengths[b]].tolist() for b in range(len(rewards))]
+            image_of_row += [i] * len(rewards)
+            advantages.append(np.asarray(grpo.group_advantages(rewards), np.float32))
         pad = self.processor.tokenizer.pad_token_id
-        seqs = policy.pack(self.model.config, [inputs], answers, [0] * rows, LENGTH, pad)
-        advantages = np.asarray(grpo.group_advantages(rewards), np.float32)
+        seqs = policy.pack(self.model.config, prompts, answers, image_of_row, LENGTH, pad)
+        advantages = np.stack(advantages)
         self.state, self.opt_state, metrics, credit = self._update(
-            self.state, self.ref_state, self.opt_state, seqs, advantages
+            self.state, self.ref_state, self.opt_state, seqs, advantages.reshape(-1)
         )
         metrics = {k: float(v) for k, v in metrics.items()}
         credit = np.asarray(credit)
-        start = gen.prompt_length - 1  # position that predicts the first answer token
-        per_answer = [credit[b, start : start + len(a)] for b, a in enumerate(answers)]
+        per_answer, row = [], 0
+        for _, gen, rewards in groups:
+            start = gen.prompt_length - 1  # position that predicts the first answer token
+            per_answer.append(
+                [credit[row + b, start : start + gen.lengths[b]] for b in range(len(rewards))]
+            )
+            row += len(rewards)
         return metrics, advantages, per_answer
 
-    def step(self, task: Task, example: Example, seed: int) -> StepResult:
-        """Sample, reward and update on one example."""
-        inputs = self.processor.prepare(example.question, [example.image])
-        gen, seconds = self.sample(inputs, seed, telemetry=False)
-        answers, rewards = self.rewards(task, example, gen)
-        metrics, advantages, credit = self.update(inputs, gen, rewards)
-        metrics.update(rollout_metrics(rewards, gen, seconds))
-        return StepResult(example, gen, answers, rewards, advantages, metrics, credit)
+    def step(self, task: Task, examples: list[Example], seed: int) -> StepResult:
+        """Sample ``G`` answers to each of ``examples``, reward them, one update on all."""
+        groups, generations, answers, seconds = [], [], [], 0.0
+        for i, example in enumerate(examples):
+            inputs = self.processor.prepare(example.question, [example.image])
+            gen, s = self.sample(inputs, seed * len(examples) + i, telemetry=False)
+            texts, rewards = self.rewards(task, example, gen)
+            groups.append((inputs, gen, rewards))
+            generations.append(gen)
+            answers.append(texts)
+            seconds += s
+        metrics, advantages, credit = self.update(groups)
+        rewards = np.stack([g[2] for g in groups])
+        metrics.update(rollout_metrics(rewards, generations, seconds))
+        return StepResult(examples, generations, answers, rewards, advantages, metrics, credit)
+
+    def step_examples(self, task: Task, step: int) -> list[Example]:
+        """The examples of GRPO step ``step``: ``task.sample(step * P + j)``, ``j < P``."""
+        p = self.settings.prompts_per_step
+        return [task.sample(step * p + j) for j in range(p)]
 
 
-def rollout_metrics(rewards: np.ndarray, gen: Generation, seconds: float) -> dict[str, float]:
-    """Reward mean and std of a group, and its sampling throughput: new tokens of all rows
-    (EOS included) per second of ``generate`` (prefill and vision tower included)."""
+def rollout_metrics(
+    rewards: np.ndarray, generations: list[Generation], seconds: float
+) -> dict[str, float]:
+    """Reward mean and std over all samples of a step, and its sampling throughput: new
+    tokens of all rows (EOS included) per second of ``generate`` (prefill and vision tower
+    included)."""
+    tokens = sum(int(g.lengths.sum()) for g in generations)
     return {
         "reward_mean": float(rewards.mean()),
         "reward_std": float(rewards.std()),
-        "tokens_per_s": float(gen.lengths.sum() / seconds),
+        "tokens_per_s": tokens / seconds,
     }
 
 
@@ -194,11 +223,12 @@ def cli_main(args: argparse.Namespace) -> int:
     task = Task("train", args.seed)
     for step in range(args.steps):
         start = time.perf_counter()
-        result = trainer.step(task, task.sample(step), seed=args.seed * 1_000_003 + step)
+        examples = trainer.step_examples(task, step)
+        result = trainer.step(task, examples, seed=args.seed * 1_000_003 + step)
         record = {
             "step": step + 1,
             **{k: round(result.metrics[k], 6) for k in METRIC_KEYS},
-            "qtype": result.example.qtype,
+            "qtypes": [ex.qtype for ex in examples],
             "seconds": round(time.perf_counter() - start, 3),
         }
         if args.json:
@@ -207,7 +237,7 @@ def cli_main(args: argparse.Namespace) -> int:
             print(
                 f"step {record['step']:>4}  reward {record['reward_mean']:+.3f} "
                 f"± {record['reward_std']:.3f}  kl {record['kl']:.4f}  loss {record['loss']:+.4f}"
-                f"  {record['tokens_per_s']:.0f} tok/s  {record['qtype']}",
+                f"  {record['tokens_per_s']:.0f} tok/s",
                 flush=True,
             )
     return 0

@@ -10,7 +10,7 @@ from model.rl.live import run_grpo
 from model.rl.train import GRPOSettings
 from model.tasks import Task
 
-SETTINGS = GRPOSettings(max_new_tokens=4, learning_rate=1e-2)
+SETTINGS = GRPOSettings(prompts_per_step=1, max_new_tokens=4, learning_rate=1e-2)
 STEP_KINDS_HEAD = ["phase", "phase", "prefill", "phase"]
 STEP_KINDS_TAIL = ["phase", "phase", "phase", "phase", "phase", "train", "credit"]
 

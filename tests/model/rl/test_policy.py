@@ -65,6 +65,16 @@ def test_packed_rows_match_model_logits(model):
         assert seqs.mask[b, len(p["input_ids"][0]) - 1] == 1.0
 
 
+def test_an_image_token_in_an_answer_is_text(model):
+    """A sampled <|image_pad|> in an answer takes a text position, as in decoding."""
+    rng = np.random.default_rng(0)
+    prompts = [_prompt(rng, 3)]
+    seqs = policy.pack(CONFIG, prompts, [[9, IMG, 2]], [0], 16, PAD)
+    with_pad = policy.pack(CONFIG, prompts, [[9, PAD, 2]], [0], 16, PAD)
+    np.testing.assert_array_equal(seqs.positions, with_pad.positions)
+    np.testing.assert_array_equal(seqs.image_slots, with_pad.image_slots)
+
+
 def test_pack_rejects_rows_longer_than_the_batch():
     rng = np.random.default_rng(0)
     with pytest.raises(ValueError, match="more than the batch length"):

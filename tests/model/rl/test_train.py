@@ -15,23 +15,25 @@ from model.tasks import Task
 
 @pytest.fixture(scope="module")
 def trainer(tiny_policy, processor):
-    settings = train.GRPOSettings(group_size=4, max_new_tokens=4, learning_rate=1e-2)
+    settings = train.GRPOSettings(
+        group_size=4, prompts_per_step=1, max_new_tokens=4, learning_rate=1e-2
+    )
     return train.GRPOTrainer(tiny_policy, processor, settings)
 
 
 def test_steps_update_the_policy_with_one_compiled_update(trainer):
     task = Task("train", 0)
     before = jax.tree.leaves(trainer.state)
-    results = [trainer.step(task, task.sample(i), seed=i) for i in range(2)]
+    results = [trainer.step(task, trainer.step_examples(task, i), seed=i) for i in range(2)]
     assert trainer._update._cache_size() == 1  # jitted once, reused
     for r in results:
         assert set(train.METRIC_KEYS) <= r.metrics.keys()
         assert all(np.isfinite(v) for v in r.metrics.values())
-        assert r.rewards.shape == (4,)
+        assert r.rewards.shape == (1, 4)
         assert r.metrics["reward_mean"] == pytest.approx(float(r.rewards.mean()))
         assert r.metrics["tokens_per_s"] > 0
         assert r.metrics["clip_frac"] == 0.0  # on-policy
-        assert [len(c) for c in r.credit] == r.generation.lengths.tolist()
+        assert [len(c) for c in r.credit[0]] == r.generations[0].lengths.tolist()
     # the frozen reference is untouched, the policy moved
     for a, b in zip(jax.tree.leaves(trainer.ref_state), before, strict=True):
         assert a is b
@@ -45,12 +47,31 @@ def test_update_credit_follows_the_advantage(trainer):
     inputs = trainer.processor.prepare(ex.question, [ex.image])
     gen, _ = trainer.sample(inputs, seed=3, telemetry=False)
     rewards = np.array([1.0, 0.0, 0.0, 1.0], np.float32)
-    metrics, advantages, credit = trainer.update(inputs, gen, rewards)
-    np.testing.assert_allclose(advantages, [1, -1, -1, 1], atol=1e-5)
+    metrics, advantages, credit = trainer.update([(inputs, gen, rewards)])
+    np.testing.assert_allclose(advantages, [[1, -1, -1, 1]], atol=1e-5)
     assert metrics["kl"] >= 0 and metrics["grad_norm"] > 0
-    for adv, c in zip(advantages, credit, strict=True):
+    for adv, c in zip(advantages[0], credit[0], strict=True):
         # the KL pull is tiny next to the advantage after one or two updates
         assert (np.sign(c[np.abs(c) > 1e-6]) == np.sign(adv)).all()
+
+
+def test_several_groups_per_update_are_normalised_group_by_group(tiny_policy, processor):
+    settings = train.GRPOSettings(group_size=3, prompts_per_step=2, max_new_tokens=4)
+    trainer = train.GRPOTrainer(tiny_policy, processor, settings)
+    task = Task("train", 2)
+    examples = trainer.step_examples(task, 1)
+    assert [ex.question for ex in examples] == [task.sample(2).question, task.sample(3).question]
+    groups = []
+    for i, ex in enumerate(examples):
+        inputs = processor.prepare(ex.question, [ex.image])
+        gen, _ = trainer.sample(inputs, seed=i, telemetry=False)
+        groups.append((inputs, gen, np.array([1.0, 0.0, 0.5][i:] + [1.0, 0.0, 0.5][:i], "f4")))
+    metrics, advantages, credit = trainer.update(groups)
+    assert advantages.shape == (2, 3)
+    np.testing.assert_allclose(advantages.mean(axis=1), 0, atol=1e-6)
+    np.testing.assert_allclose(advantages[0], [1.2247, -1.2247, 0], atol=1e-3)
+    assert [len(c) for c in credit[1]] == groups[1][1].lengths.tolist()
+    assert np.isfinite(list(metrics.values())).all()
 
 
 def test_cli_prints_one_json_object_per_update(tiny_policy, processor, tmp_path, capsys):
