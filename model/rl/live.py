@@ -7,12 +7,13 @@
   first question's group, the watched sample's ``PhaseEvent`` prefill start/end,
   ``PrefillEvent``, ``PhaseEvent`` decode start, one ``DecodeEvent`` per token of the watched
   sample, ``PhaseEvent`` decode end (``model.rollout.sample_watched``, the same code as
-  inference); when ``P > 1`` a ``PhaseEvent`` decode start/end around sampling the other
-  groups (no telemetry); then ``PhaseEvent`` reward start/end, ``PhaseEvent`` update
-  start/end, a ``TrainEvent`` and a ``CreditEvent`` with the watched sample's answer tokens
-  and their credit (``model.rl.grpo``). ``TrainEvent.rewards`` are the ``G`` rewards of the
-  watched group; its ``reward_mean`` / ``reward_std`` and the update's metrics cover all
-  ``P * G`` answers.
+  inference), a ``StepProfile`` of the decode step at the group's shapes (measured on the
+  first step, then remembered); when ``P > 1`` a ``PhaseEvent`` decode start/end around
+  sampling the other groups (no telemetry); then ``PhaseEvent`` reward start/end,
+  ``PhaseEvent`` update start/end, a ``TrainEvent`` and a ``CreditEvent`` with the watched
+  sample's answer tokens and their credit (``model.rl.grpo``). ``TrainEvent.rewards`` are
+  the ``G`` rewards of the watched group; its ``reward_mean`` / ``reward_std`` and the
+  update's metrics cover all ``P * G`` answers.
 
 ``control`` is honoured as in inference: ``control.selection`` picks the watched
 (sample, layer, head), ``control.gate()`` runs before every decode step (pause, single step)
@@ -29,6 +30,7 @@ import numpy as np
 
 from model import telemetry as tm
 from model.decode import default_capacity
+from model.profile import profile_step
 from model.rl.train import DEFAULT_SETTINGS, LENGTH, GRPOSettings, GRPOTrainer, rollout_metrics
 from model.rollout import run_info, sample_watched
 from model.sampling import SamplingParams
@@ -91,6 +93,9 @@ def run_grpo(
         ]  # fmt: skip
         if control.stopped:
             break  # the group may be incomplete: no update
+        watched_gen = generations[0]
+        cache_len = watched_gen.prompt_length + int(watched_gen.lengths.max()) - 1
+        sink.emit(profile_step(trainer.model, group_size, capacity, cache_len, sampling))
         if len(examples) > 1:
             with _phase(sink, "decode"):
                 for inputs, s in zip(prompts[1:], seeds[1:], strict=True):

@@ -12,7 +12,7 @@ from model.tasks import Task
 
 SETTINGS = GRPOSettings(prompts_per_step=1, max_new_tokens=4, learning_rate=1e-2)
 STEP_KINDS_HEAD = ["phase", "phase", "prefill", "phase"]
-STEP_KINDS_TAIL = ["phase", "phase", "phase", "phase", "phase", "train", "credit"]
+STEP_KINDS_TAIL = ["phase", "profile", "phase", "phase", "phase", "phase", "train", "credit"]
 
 
 class Recorder:
@@ -49,8 +49,8 @@ def test_event_sequence(two_steps):
         while rest[i + 4 + n] == "decode":
             n += 1
         assert n >= 1
-        assert rest[i + 4 + n : i + 4 + n + 7] == STEP_KINDS_TAIL
-        i += 4 + n + 7
+        assert rest[i + 4 + n : i + 4 + n + 8] == STEP_KINDS_TAIL
+        i += 4 + n + 8
     assert i == len(rest)
     phases = [(e.phase, e.active) for e in sink.of(tm.PhaseEvent)][:10]
     assert phases == [
