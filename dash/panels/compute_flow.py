@@ -40,7 +40,7 @@ class ComputeFlow(Panel):
         for name in tm.PhaseEvent.PHASES:
             phase = view.phases.get(name)
             timings[name] = number(phase.last_ms if phase else None, "{:.1f} ms")
-        timings["decode"] = number(step_ms, "{:.2f} ms/token")
+        timings["decode"] = number(step_ms, "{:.2f} ms/tok")
         if view.decode is not None:
             timings["decode"] += f" ×{view.decode.step + 1}"
         phases: Row = []

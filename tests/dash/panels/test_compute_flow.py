@@ -8,7 +8,7 @@ def test_phase_times_and_active_phase_flash():
     events = [*ev.episode_events(steps=3), tm.PhaseEvent("reward", False, 1.5)]
     text, runs = ev.render(ComputeFlow(), (90, 6), ev.frame(events))
     assert "prefill 42.0 ms" in text[1]
-    assert "⚡DECODE 4.00 ms/token ×3" in text[1]
+    assert "⚡DECODE 4.00 ms/tok ×3" in text[1]
     assert "reward 1.5 ms" in text[1] and "update —" in text[1]
     assert ev.attr_of(runs, "⚡DECODE") == "flash_active"
     off, runs = ev.render(ComputeFlow(), (90, 6), ev.frame(events, state.Meters(flash_on=False)))
