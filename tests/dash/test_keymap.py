@@ -63,6 +63,6 @@ def test_view_commands_change_the_ui_state():
 def test_docs_list_every_binding():
     from pathlib import Path
 
-    doc = (Path(__file__).resolve().parents[2] / "docs" / "dashboard.md").read_text()
+    doc = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     for category, keys, text in keymap.help_lines():
         assert f"| {category} | `{keys}` | {text} |" in doc
