@@ -113,6 +113,8 @@ def _source(args: argparse.Namespace):
 
 
 def main(argv: list[str] | None = None) -> int:
+    # transformers (used for tokenizers only) would warn that PyTorch is absent
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     parser = build_parser()
     args = parser.parse_args(argv)
     size = _check(args, parser)

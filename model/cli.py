@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 
 COMMANDS = {
     "generate": "model.generate",
@@ -44,5 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # transformers (used for tokenizers only) would warn that PyTorch is absent
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     args = build_parser().parse_args(argv)
     return importlib.import_module(COMMANDS[args.command]).cli_main(args)
