@@ -6,11 +6,16 @@
   device-to-device copy bandwidth (bytes read + written per second).
 
 Batch 1, a 512-token text prompt, 256 new tokens (greedy, EOS disabled so every run makes
-all 256). ``--small`` runs tiny shapes on any machine (a smoke test of this script).
-Figures are printed last; with ``$OUT`` set they are also written to ``$OUT/gpu.json``.
+all 256). ``--small`` runs tiny shapes on any machine, through the same bf16 code paths (a
+smoke test of this script). Each part is warmed up once, then timed; a part that fails is
+recorded as an error and the rest still runs. Figures are printed last in one block; with
+``$OUT`` set they are also written to ``$OUT/gpu.json`` (after every part).
 
-    python -m bench.gpu            # on the GPU machine
+    python -m bench.gpu            # on the GPU machine, from the repository root
     python -m bench.gpu --small    # anywhere
+
+JAX is told not to preallocate most of the GPU's memory (``XLA_PYTHON_CLIENT_PREALLOCATE``),
+so torch can load transformers' copy of the weights in the same process.
 """
 
 from __future__ import annotations
@@ -21,14 +26,17 @@ import os
 import sys
 import tempfile
 import time
+import traceback
 
-import jax
-import jax.numpy as jnp
-import numpy as np
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # before JAX starts
 
-from model.config import Qwen3VLConfig, TextConfig, VisionConfig
-from model.decode import generate
-from model.qwen3_vl import build
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from model.config import Qwen3VLConfig, TextConfig, VisionConfig  # noqa: E402
+from model.decode import generate  # noqa: E402
+from model.qwen3_vl import build  # noqa: E402
 
 PROMPT, NEW = 512, 256
 RESULTS: dict[str, object] = {}
@@ -40,8 +48,25 @@ def log(msg: str) -> None:
 
 def save_results() -> None:
     if os.environ.get("OUT"):
+        os.makedirs(os.environ["OUT"], exist_ok=True)
         with open(os.path.join(os.environ["OUT"], "gpu.json"), "w") as f:
             json.dump(RESULTS, f, indent=2)
+
+
+def part(name: str, fn) -> bool:
+    """Run one part; a failure is logged and recorded, not fatal. Saves the results."""
+    start = time.perf_counter()
+    try:
+        fn()
+        ok = True
+    except Exception as e:  # noqa: BLE001 - one failed part must not lose the others
+        RESULTS[f"error_{name}"] = f"{type(e).__name__}: {e}"
+        traceback.print_exc()
+        ok = False
+    RESULTS[f"seconds_{name}"] = round(time.perf_counter() - start, 1)
+    log(f"{name} {'done' if ok else 'FAILED'} in {RESULTS[f'seconds_{name}']} s")
+    save_results()
+    return ok
 
 
 def config(small: bool) -> Qwen3VLConfig:
@@ -118,38 +143,40 @@ def ours(m, ids, telemetry: bool) -> dict:
     }
 
 
-def transformers_generate(m, ids, small: bool) -> dict:
+def transformers_generate(m, ids) -> dict:
+    """transformers' greedy ``generate`` of the same weights (bf16 when ``m`` is, sdpa)."""
     import torch
     from transformers import Qwen3VLForConditionalGeneration
 
     from model.checkpoint import save_pretrained
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = torch.bfloat16 if m.dtype == jnp.bfloat16 else torch.float32
     base = "/dev/shm" if os.path.isdir("/dev/shm") else None
     with tempfile.TemporaryDirectory(dir=base) as d:
         save_pretrained(m, d)
         log("saved for transformers")
         hf = Qwen3VLForConditionalGeneration.from_pretrained(
-            d, dtype=torch.bfloat16 if not small else torch.float32, attn_implementation="sdpa"
+            d, dtype=dtype, attn_implementation="sdpa"
         ).to(device)
     hf.eval()
     x = torch.as_tensor(ids, device=device)
     kw = dict(do_sample=False, eos_token_id=None, pad_token_id=0)
+
+    def timed(n: int):
+        if device == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        out = hf.generate(x, max_new_tokens=n, min_new_tokens=n, **kw)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        return out, time.perf_counter() - t0
+
     with torch.inference_mode():
-        hf.generate(x, max_new_tokens=8, min_new_tokens=8, **kw)  # warm-up
-        if device == "cuda":
-            torch.cuda.synchronize()
-        # prefill alone, to separate it from decode
-        t0 = time.perf_counter()
-        hf.generate(x, max_new_tokens=1, min_new_tokens=1, **kw)
-        if device == "cuda":
-            torch.cuda.synchronize()
-        prefill = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        out = hf.generate(x, max_new_tokens=NEW, min_new_tokens=NEW, **kw)
-        if device == "cuda":
-            torch.cuda.synchronize()
-        total = time.perf_counter() - t0
+        timed(8)  # warm-up
+        _, prefill = timed(1)  # prefill alone, to separate it from decode
+        out, total = timed(NEW)
+    RESULTS["transformers_device"] = f"torch {torch.__version__} {device} {dtype}"
     return {
         "decode_tok_s": (NEW - 1) / max(total - prefill, 1e-9),
         "end_to_end_tok_s": NEW / total,
@@ -157,60 +184,122 @@ def transformers_generate(m, ids, small: bool) -> dict:
     }
 
 
+def figures() -> list[tuple[str, str]]:
+    """The compact block printed last."""
+    r = RESULTS
+
+    def tok_s(key: str) -> str:
+        v = r.get(key)
+        if not v:
+            return "not measured"
+        return (
+            f"{v['decode_tok_s']:.1f} tok/s decode ({v['ms_per_token']:.3f} ms/token), "
+            f"{v['end_to_end_tok_s']:.1f} end to end"
+        )
+
+    lines = [
+        ("device", f"{r.get('device')} · {r.get('shapes')} · jax {jax.__version__}"),
+        ("run", f"batch 1, {PROMPT}-token prompt, {NEW} new tokens, greedy"),
+        ("ours telemetry on", tok_s("ours_telemetry_on")),
+        ("ours telemetry off", tok_s("ours_telemetry_off")),
+    ]
+    if "telemetry_on_over_off" in r:
+        lines.append(("telemetry on / off", f"{r['telemetry_on_over_off']:.3f}"))
+    if "transformers" in r:
+        t = r["transformers"]
+        lines.append(
+            (
+                "transformers generate",
+                f"{t['decode_tok_s']:.1f} tok/s decode, {t['end_to_end_tok_s']:.1f} end to end "
+                f"({r.get('transformers_device')})",
+            )
+        )
+        lines.append(("ours / transformers", f"{r['ours_over_transformers_decode']:.1f}x decode"))
+        lines.append(("greedy ids equal", str(r["greedy_tokens_equal_to_transformers"])))
+    if "floor_tok_s" in r:
+        lines.append(
+            (
+                "bandwidth floor",
+                f"{r['weight_bytes_per_token'] / 1e6:.1f} MB of text weights per token / "
+                f"{r['copy_bandwidth_GB_s']:.0f} GB/s copy = {r['floor_ms_per_token']:.3f} "
+                f"ms/token = {r['floor_tok_s']:.0f} tok/s",
+            )
+        )
+    if "fraction_of_floor_telemetry_on" in r:
+        frac = r["fraction_of_floor_telemetry_on"]
+        verdict = "met" if frac >= 0.5 else "MISSED"
+        lines.append(("% of floor, telemetry on", f"{frac:.1%} (target >= 50%: {verdict})"))
+        lines.append(("% of floor, telemetry off", f"{r['fraction_of_floor_telemetry_off']:.1%}"))
+    lines += [(k, v) for k, v in r.items() if k.startswith("error_")]
+    seconds = [f"{k[len('seconds_') :]} {v}" for k, v in r.items() if k.startswith("seconds_")]
+    lines.append(("seconds per part", ", ".join(seconds)))
+    return lines
+
+
 def main() -> int:
     p = argparse.ArgumentParser(prog="python -m bench.gpu", description=__doc__.splitlines()[0])
     p.add_argument("--small", action="store_true", help="tiny shapes (smoke test anywhere)")
     p.add_argument("--skip-transformers", action="store_true")
     args = p.parse_args()
-    dtype = jnp.float32 if args.small else jnp.bfloat16
+    begin = time.perf_counter()
+    dtype = jnp.bfloat16
     cfg = config(args.small)
     RESULTS["device"] = str(jax.devices()[0])
-    RESULTS["shapes"] = "small" if args.small else "Qwen3-VL-2B text, bf16"
+    RESULTS["shapes"] = "small, bf16" if args.small else "Qwen3-VL-2B text, bf16"
     log(f"device {RESULTS['device']}; building random model")
     m = random_model(cfg, dtype)
     ids = np.random.default_rng(0).integers(10, cfg.text.vocab_size, (1, PROMPT), np.int32)
+    runs: dict[str, list[dict]] = {"on": [], "off": []}
 
-    floor_bytes = text_weight_bytes(cfg, jnp.dtype(dtype).itemsize)
-    bw = copy_bandwidth(64 << 20 if args.small else 2 << 30)
-    RESULTS["weight_bytes_per_token"] = floor_bytes
-    RESULTS["copy_bandwidth_GB_s"] = bw / 1e9
-    RESULTS["floor_ms_per_token"] = 1e3 * floor_bytes / bw
-    RESULTS["floor_tok_s"] = bw / floor_bytes
-    log(f"floor {RESULTS['floor_ms_per_token']:.3f} ms/token at {bw / 1e9:.0f} GB/s")
-    save_results()
+    def floor() -> None:
+        floor_bytes = text_weight_bytes(cfg, jnp.dtype(dtype).itemsize)
+        bw = copy_bandwidth(64 << 20 if args.small else 2 << 30)
+        RESULTS["weight_bytes_per_token"] = floor_bytes
+        RESULTS["copy_bandwidth_GB_s"] = bw / 1e9
+        RESULTS["floor_ms_per_token"] = 1e3 * floor_bytes / bw
+        RESULTS["floor_tok_s"] = bw / floor_bytes
 
-    for name, tel in (("on", True), ("off", False)):
-        ours(m, ids, tel)  # compile + warm-up
-        log(f"compiled telemetry {name}")
-    runs = {"on": [], "off": []}
-    for _ in range(3):  # interleaved
+    def decode() -> None:
         for name, tel in (("on", True), ("off", False)):
-            runs[name].append(ours(m, ids, tel))
-    for name, rs in runs.items():
-        best = max(rs, key=lambda r: r["decode_tok_s"])
-        RESULTS[f"ours_telemetry_{name}"] = {k: v for k, v in best.items() if k != "tokens"}
-        RESULTS[f"ours_telemetry_{name}"]["decode_tok_s_runs"] = [r["decode_tok_s"] for r in rs]
-    on = RESULTS["ours_telemetry_on"]["decode_tok_s"]
-    off = RESULTS["ours_telemetry_off"]["decode_tok_s"]
-    RESULTS["telemetry_on_over_off"] = on / off
-    RESULTS["fraction_of_floor_telemetry_on"] = on / RESULTS["floor_tok_s"]
-    RESULTS["fraction_of_floor_telemetry_off"] = off / RESULTS["floor_tok_s"]
-    save_results()
-    log("ours done")
+            ours(m, ids, tel)  # compile + warm-up
+            log(f"compiled telemetry {name}")
+        for _ in range(3):  # interleaved
+            for name, tel in (("on", True), ("off", False)):
+                runs[name].append(ours(m, ids, tel))
+        for name, rs in runs.items():
+            best = max(rs, key=lambda r: r["decode_tok_s"])
+            RESULTS[f"ours_telemetry_{name}"] = {k: v for k, v in best.items() if k != "tokens"}
+            RESULTS[f"ours_telemetry_{name}"]["decode_tok_s_runs"] = [r["decode_tok_s"] for r in rs]
+        on = RESULTS["ours_telemetry_on"]["decode_tok_s"]
+        RESULTS["telemetry_on_over_off"] = on / RESULTS["ours_telemetry_off"]["decode_tok_s"]
+        if "floor_tok_s" in RESULTS:
+            RESULTS["fraction_of_floor_telemetry_on"] = on / RESULTS["floor_tok_s"]
+            RESULTS["fraction_of_floor_telemetry_off"] = (
+                RESULTS["ours_telemetry_off"]["decode_tok_s"] / RESULTS["floor_tok_s"]
+            )
 
-    if not args.skip_transformers:
-        hf = transformers_generate(m, ids, args.small)
+    def transformers() -> None:
+        hf = transformers_generate(m, ids)
         RESULTS["transformers"] = {k: v for k, v in hf.items() if k != "tokens"}
-        RESULTS["ours_over_transformers_decode"] = on / hf["decode_tok_s"]
-        ours_ids = runs["on"][0]["tokens"]
-        same = sum(a == b for a, b in zip(ours_ids, hf["tokens"], strict=False))
-        RESULTS["greedy_tokens_equal_to_transformers"] = f"{same}/{NEW}"
-        save_results()
+        if runs["on"]:
+            on = RESULTS["ours_telemetry_on"]["decode_tok_s"]
+            RESULTS["ours_over_transformers_decode"] = on / hf["decode_tok_s"]
+            ours_ids = runs["on"][0]["tokens"]
+            same = int(np.argmin(np.append(np.equal(ours_ids, hf["tokens"]), False)))
+            RESULTS["greedy_tokens_equal_to_transformers"] = f"first {same} of {NEW}"
 
-    print("\n== GPU decode benchmark ==")
-    for k, v in RESULTS.items():
-        print(f"{k}: {v:.4g}" if isinstance(v, float) else f"{k}: {v}")
-    return 0
+    part("floor", floor)
+    part("ours", decode)
+    if not args.skip_transformers:
+        part("transformers", transformers)
+    RESULTS["seconds_total"] = round(time.perf_counter() - begin, 1)
+    save_results()
+    print("\n== GPU decode benchmark (issue 6 target 6) ==")
+    lines = figures()
+    width = max(len(k) for k, _ in lines)
+    for k, v in lines:
+        print(f"{k.ljust(width)}  {v}")
+    return 0 if not any(k.startswith("error_") for k in RESULTS) else 1
 
 
 if __name__ == "__main__":
