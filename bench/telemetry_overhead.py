@@ -5,10 +5,15 @@ A: the real rollout (``model.rollout.run_inference``, full telemetry) decoding i
    pseudo-terminal, ``bench.headless``) draws a full 160x48 frame at 20 FPS in the main thread.
 B: ``model.decode.generate`` with ``telemetry=False``, no dashboard.
 
+Where the difference goes, measured in the same repetitions:
+C: ``generate`` with ``telemetry=True`` (computed on the device, copied to the host, unpacked),
+   nothing else;
+D: the real rollout as in A, its events handed to a sink that drops them: no dashboard.
+
 Same embedded model, prompt (with its image) and number of new tokens; repetitions
-interleaved A B A B ... in one process. Decode tokens/s counts the decode steps after the
-prefill over their wall time (``Generation.decode_seconds``; in A the rollout's decode-end
-``PhaseEvent``). Target: median of the per-repetition ratios A / B >= 0.95.
+interleaved A B C D A B C D ... in one process. Decode tokens/s counts the decode steps after
+the prefill over their wall time (``Generation.decode_seconds``; in A and D the rollout's
+decode-end ``PhaseEvent``). Target: median of the per-repetition ratios A / B >= 0.95.
 
     python -m bench.telemetry_overhead [--reps N] [--episodes E] [--new-tokens N]
 """
@@ -87,62 +92,95 @@ def with_dashboard(emb: embedded.Embedded, episodes: int, new_tokens: int) -> di
     }
 
 
-def without_telemetry(emb: embedded.Embedded, episodes: int, new_tokens: int) -> float:
-    """B: decode tokens/s of ``episodes`` plain generations, telemetry off, no dashboard."""
+def plain(emb: embedded.Embedded, episodes: int, new_tokens: int, telemetry: bool) -> float:
+    """B (``telemetry`` off) and C (on): decode tokens/s of ``episodes`` generations."""
     steps, seconds = 0, 0.0
     inputs = emb.inputs
     for _ in range(episodes):
         gen = generate(
             emb.model, inputs["input_ids"], inputs["pixel_values"], inputs["image_grid_thw"],
-            max_new_tokens=new_tokens, telemetry=False,
+            max_new_tokens=new_tokens, telemetry=telemetry,
         )  # fmt: skip
         steps += gen.steps
         seconds += gen.decode_seconds
     return steps / seconds
 
 
+class _Discard:
+    def emit(self, event: tm.Event) -> None:
+        pass
+
+
+def rollout_only(emb: embedded.Embedded, episodes: int, new_tokens: int) -> float:
+    """D: decode tokens/s of ``episodes`` real rollouts whose events nobody shows."""
+    tap = _Timings(_Discard())
+    for episode in range(episodes):
+        run_inference(
+            emb.model, emb.processor, prompt=emb.prompt, image=emb.image, sink=tap,
+            control=tm.RolloutControl(), sampling=GREEDY, max_new_tokens=new_tokens,
+            episode=episode, model_name=EMBEDDED.name, random_init=emb.random_init,
+        )  # fmt: skip
+    return sum(events - 1 for events, _ in tap.episodes) / sum(s for _, s in tap.episodes)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--reps", type=int, default=10, help="A/B pairs (default 10)")
-    p.add_argument("--episodes", type=int, default=3, help="rollouts per repetition (3)")
+    p.add_argument("--reps", type=int, default=12, help="interleaved repetitions (12)")
+    p.add_argument("--episodes", type=int, default=2, help="rollouts per repetition (2)")
     p.add_argument("--new-tokens", type=int, default=256, help="tokens per rollout (256)")
     args = p.parse_args(argv)
     report.start("telemetry overhead: full telemetry + live dashboard vs telemetry off, no UI")
     emb = embedded.load()
     print(f"# model: {emb.label}", flush=True)
 
-    with_dashboard(emb, 1, args.new_tokens)  # compile both variants, warm up
-    without_telemetry(emb, 1, args.new_tokens)
-    a, b = [], []
+    n, new = args.episodes, args.new_tokens
+    variants = {
+        "A": lambda: with_dashboard(emb, n, new),
+        "B": lambda: plain(emb, n, new, telemetry=False),
+        "C": lambda: plain(emb, n, new, telemetry=True),
+        "D": lambda: rollout_only(emb, n, new),
+    }
+    for run in variants.values():
+        run()  # compile, warm up
+    runs: dict[str, list] = {name: [] for name in variants}
     for rep in range(args.reps):
-        a.append(with_dashboard(emb, args.episodes, args.new_tokens))
-        b.append(without_telemetry(emb, args.episodes, args.new_tokens))
+        for name, run in variants.items():
+            runs[name].append(run())
+        a = runs["A"][-1]
         print(
-            f"rep {rep}: A {a[-1]['tokens_per_s']:.0f} tok/s ({a[-1]['fps']:.1f} FPS drawn)"
-            f"  B {b[-1]:.0f} tok/s  A/B {a[-1]['tokens_per_s'] / b[-1]:.3f}",
+            f"rep {rep}: A {a['tokens_per_s']:.0f} tok/s ({a['fps']:.1f} FPS drawn)  "
+            + "  ".join(f"{k} {runs[k][-1]:.0f}" for k in "BCD"),
             flush=True,
         )
-    ratios = [x["tokens_per_s"] / y for x, y in zip(a, b, strict=True)]
+    a_rates = [x["tokens_per_s"] for x in runs["A"]]
+
+    def versus_b(name: str) -> str:
+        rates = runs[name]
+        ratio = report.median([x / y for x, y in zip(rates, runs["B"], strict=True)])
+        return f"{report.median(rates):.0f} tok/s, {name}/B {ratio:.3f}"
+
+    ratios = [x / y for x, y in zip(a_rates, runs["B"], strict=True)]
     ratio = report.median(ratios)
+    verdict = f"target >= {TARGET}: {report.verdict(ratio >= TARGET)}"
     report.figures(
         "telemetry overhead (issue 6 target 1)",
         [
             ("model", emb.label),
             (
                 "decode",
-                f"{args.new_tokens} new tokens x {args.episodes} rollouts per rep, "
-                f"{args.reps} interleaved A/B reps",
-            ),  # fmt: skip
+                f"{new} new tokens x {n} rollouts per rep, {args.reps} interleaved reps",
+            ),
             (
                 "A telemetry + UI",
-                f"{report.median([x['tokens_per_s'] for x in a]):.0f} tok/s "
-                f"(median), dashboard drew "
-                f"{report.median([x['fps'] for x in a]):.1f} FPS at 160x48, "
-                f"{sum(x['dropped'] for x in a)} events dropped",
-            ),  # fmt: skip
-            ("B no telemetry", f"{report.median(b):.0f} tok/s (median)"),
+                f"{report.median(a_rates):.0f} tok/s (median); the dashboard drew "
+                f"{report.median([x['fps'] for x in runs['A']]):.1f} FPS at 160x48, "
+                f"{sum(x['dropped'] for x in runs['A'])} events dropped",
+            ),
+            ("B no telemetry", f"{report.median(runs['B']):.0f} tok/s (median)"),
+            ("C telemetry only", versus_b("C")),
+            ("D rollout, no UI", versus_b("D")),
             ("A/B per rep", " ".join(f"{r:.3f}" for r in ratios)),
-            ("A/B median", f"{ratio:.3f} (target >= {TARGET}: {report.verdict(ratio >= TARGET)})"),
+            ("A/B median", f"{ratio:.3f} ({verdict})"),
         ],
     )
     return 0
