@@ -1,15 +1,16 @@
 """The handoff from the rollout thread to the UI: it drops, it never waits.
 
 ``emit`` (any thread) appends the event to a pending batch and returns at once: no round
-trip to the UI. The first event of a batch also schedules the batch's delivery on the event
-loop with ``loop.call_soon_threadsafe``; later events join the batch without scheduling
-anything, so a producer wakes the loop at most once per loop pass, however fast it emits.
-(Each wake-up writes to the loop's self-pipe, a system call that releases the GIL; getting
-the GIL back can mean waiting for a UI thread in the middle of a frame.) At most
+trip to the UI, and normally no system call. On the event loop, the pending batch is
+delivered every ``FLUSH_S`` by a timer, at the start of every ``drain``, and as soon as half
+of ``max_in_flight`` events are pending (then ``emit`` wakes the loop with
+``loop.call_soon_threadsafe``, once per batch). Waking the loop for every event would cost the
+UI thread a loop pass per event, and the producer a write to the loop's self-pipe, a system
+call that releases the GIL (getting it back can mean waiting for a frame to finish). At most
 ``max_in_flight`` events may be pending; beyond that (the event loop is busy, e.g. rendering)
-the event is dropped. On the loop, delivery is ``send_nowait`` of each pending event into a
-bounded anyio memory object stream; when the UI has not drained it (``WouldBlock``) the event
-is dropped. Both drops are counted, so on the event loop thread at any moment
+the event is dropped. Delivery is ``send_nowait`` of each pending event into a bounded anyio
+memory object stream; when the UI has not drained it (``WouldBlock``) the event is dropped.
+Both drops are counted, so on the event loop thread at any moment
 
     sent = received + dropped + in_flight + buffered
 
@@ -30,6 +31,7 @@ import anyio
 from model import telemetry as tm
 
 RATE_WINDOW_S = 1.0
+FLUSH_S = 0.01  # pending events reach the stream at least this often
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,11 +55,13 @@ class DroppingChannel:
         self._lock = threading.Lock()
         self._sent = 0
         self._dropped = 0
-        self._pending: list[tm.Event] = []  # emitted, delivery scheduled, not yet run
-        self._scheduled = False  # a delivery of the pending batch is scheduled
+        self._pending: list[tm.Event] = []  # emitted, not yet delivered
+        self._wake_at = max(1, max_in_flight // 2)  # pending events that wake the loop
+        self._scheduled = False  # a wake-up delivery is scheduled
         self._received = 0
         # (time, received so far) at each drain over the last second, for the rate
         self._marks = collections.deque([(time.monotonic(), 0)])
+        self._timer = self._loop.call_later(FLUSH_S, self._tick)
 
     # --- producer side (any thread) ---
 
@@ -68,7 +72,7 @@ class DroppingChannel:
                 self._dropped += 1
                 return
             self._pending.append(event)
-            if self._scheduled:
+            if self._scheduled or len(self._pending) < self._wake_at:
                 return
             self._scheduled = True
         try:
@@ -80,6 +84,10 @@ class DroppingChannel:
                 self._scheduled = False
 
     # --- consumer side (event loop thread) ---
+
+    def _tick(self) -> None:
+        self._deliver()
+        self._timer = self._loop.call_later(FLUSH_S, self._tick)
 
     def _deliver(self) -> None:
         with self._lock:
@@ -95,7 +103,8 @@ class DroppingChannel:
             self._dropped += dropped
 
     def drain(self) -> list[tm.Event]:
-        """Every event buffered now, oldest first (never waits)."""
+        """Every event emitted, not dropped and not yet received, oldest first (never waits)."""
+        self._deliver()
         events: list[tm.Event] = []
         while True:
             try:
@@ -122,5 +131,6 @@ class DroppingChannel:
         return ChannelCounts(sent, received, dropped, in_flight, buffered, rate)
 
     def close(self) -> None:
+        self._timer.cancel()
         self._send.close()
         self._receive.close()
