@@ -67,7 +67,9 @@ def _fold_decode(view: View, e: tm.DecodeEvent) -> View:
     prev = view.decode
     same_stream = prev is not None and (prev.episode, prev.sample) == (e.episode, e.sample)
     generated = view.generated if same_stream else ()
-    generated = tuple((s, t) for s, t in generated if s < e.step) + ((e.step, e.token_text),)
+    if generated and generated[-1][0] >= e.step:  # ascending by step: drop this step onwards
+        generated = tuple((s, t) for s, t in generated if s < e.step)
+    generated = (*generated, (e.step, e.token_text))
     prefill = view.prefill
     if prefill is not None and prefill.episode != e.episode:
         prefill = None  # the prompt shown belongs to another episode
