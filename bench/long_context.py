@@ -67,9 +67,8 @@ def measure(emb, capacity: int, steps: int, reps: int, max_prompt: int) -> dict:
         for name, telemetry in (("on", True), ("off", False)):
             times[name].append(decode(emb, ids, capacity, steps + 1, telemetry)[0])
     out["ms_on"], out["ms_off"] = report.median(times["on"]), report.median(times["off"])
-    out["ratio"] = report.median(
-        [off / on for on, off in zip(times["on"], times["off"], strict=True)]
-    )
+    out["ratios"] = [off / on for on, off in zip(times["on"], times["off"], strict=True)]
+    out["ratio"] = report.median(out["ratios"])
     return out
 
 
@@ -121,12 +120,16 @@ def main(argv: list[str] | None = None) -> int:
             f"{emb.label.split(',')[0]}, text-only prompt, {args.steps} decode steps, "
             f"{args.reps} interleaved on/off reps per length",
         ),  # fmt: skip
-        ("T (slots)", "prompt  ms/step on  ms/step off  tok/s on/off  B/step on  B/step off"),
+        (
+            "T (slots)",
+            "prompt  ms/step on  ms/step off  tok/s on/off (reps)  B/step on  B/step off",
+        ),
     ]
     lines += [
         (
             f"{r['capacity']}",
-            f"{r['prompt']:6d}  {r['ms_on']:10.2f}  {r['ms_off']:11.2f}  {r['ratio']:12.3f}  "
+            f"{r['prompt']:6d}  {r['ms_on']:10.2f}  {r['ms_off']:11.2f}  {r['ratio']:12.3f} "
+            f"({min(r['ratios']):.2f}-{max(r['ratios']):.2f})  "
             f"{r['bytes_on']:9d}  {r['bytes_off']:10d}",
         )
         for r in results

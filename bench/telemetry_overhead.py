@@ -75,7 +75,7 @@ def with_dashboard(emb: embedded.Embedded, episodes: int, new_tokens: int) -> di
         finally:
             app.quit_from_thread()
 
-    app, frames = run_app(rollout)
+    app, frames, ui_cpu = run_app(rollout)
     if app.view.error is not None:
         raise RuntimeError(f"the rollout failed: {app.view.error.message}")
     tap = timings[0]
@@ -89,6 +89,7 @@ def with_dashboard(emb: embedded.Embedded, episodes: int, new_tokens: int) -> di
         "tokens_per_s": steps / seconds,
         "fps": drawn / window_s,
         "dropped": app.channel.counts().dropped,
+        "ui_cpu": ui_cpu,
     }
 
 
@@ -173,7 +174,8 @@ def main(argv: list[str] | None = None) -> int:
             (
                 "A telemetry + UI",
                 f"{report.median(a_rates):.0f} tok/s (median); the dashboard drew "
-                f"{report.median([x['fps'] for x in runs['A']]):.1f} FPS at 160x48, "
+                f"{report.median([x['fps'] for x in runs['A']]):.1f} FPS at 160x48 using "
+                f"{report.median([x['ui_cpu'] for x in runs['A']]):.0%} of a core, "
                 f"{sum(x['dropped'] for x in runs['A'])} events dropped",
             ),
             ("B no telemetry", f"{report.median(runs['B']):.0f} tok/s (median)"),
