@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import gc
 import os
 import signal
 import sys
@@ -105,6 +106,11 @@ class App:
             screen.signal_handler_setter = lambda signum, handler: None
         switch_interval = sys.getswitchinterval()
         sys.setswitchinterval(SWITCH_INTERVAL_S)
+        # What is alive now (the model, the libraries) lives as long as the run: frozen out of
+        # the garbage collector's reach, a full collection no longer walks it, which would
+        # pause the frame pump (and, holding the GIL, the rollout) for hundreds of ms.
+        gc.collect()
+        gc.freeze()
         try:
             with self.main_loop.start():
                 self._show()
@@ -122,6 +128,7 @@ class App:
                             await self.rollout_done.wait()
                     tg.cancel_scope.cancel()
         finally:
+            gc.unfreeze()
             sys.setswitchinterval(switch_interval)
             if self.recorder is not None:
                 self.recorder.close()
