@@ -62,11 +62,8 @@ class PseudoTerminal:
 
 def run_app(rollout_fn: RolloutFn, fps: float = 20.0, cols: int = 160, rows: int = 48):
     """Run the live app around ``rollout_fn(sink, control, app)`` until the rollout calls
-    ``app.quit_from_thread()``; returns ``(app, frame_times, ui_cpu)``: the monotonic time of
-    every frame drawn and the share of one core the UI thread (this one) used meanwhile."""
+    ``app.quit_from_thread()``; returns ``(app, frame_times)``."""
     app = App(lambda sink, control: rollout_fn(sink, control, app), Options(fps=fps))
     with PseudoTerminal(cols, rows) as screen:
-        cpu, wall = time.thread_time(), time.monotonic()
         anyio.run(app.run, screen, backend="asyncio")
-        ui_cpu = (time.thread_time() - cpu) / (time.monotonic() - wall)
-    return app, screen.frame_times, ui_cpu
+    return app, screen.frame_times

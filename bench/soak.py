@@ -84,7 +84,7 @@ def soak(emb, minutes: float, events: int, new_tokens: int):
 
     sampler = Sampler(apps)
     sampler.start()
-    app, frames, _ = run_app(rollout)
+    app, frames = run_app(rollout)
     sampler.done.set()
     sampler.join()
     if app.view.error is not None:

@@ -36,14 +36,20 @@ TARGET = 0.95
 
 class _Timings:
     """A sink between the rollout and the dashboard noting each episode's decode: its wall
-    time (from the decode-end phase event), its DecodeEvents and when it ran."""
+    time (from the decode-end phase event), its DecodeEvents and when it ran. With the app's
+    event ``loop``, also the UI thread's CPU time at the start and end of each decode."""
 
-    def __init__(self, target: tm.Sink) -> None:
+    def __init__(self, target: tm.Sink, loop=None) -> None:
         self.target = target
+        self.loop = loop
         self.episodes: list[tuple[int, float]] = []  # (decode events, decode seconds)
         self.windows: list[tuple[float, float]] = []  # monotonic (start, end) of each decode
+        self.ui_marks: list[tuple[float, float]] = []  # (monotonic, UI thread CPU seconds)
         self._events = 0
         self._start = 0.0
+
+    def _mark_ui(self) -> None:  # on the UI thread
+        self.ui_marks.append((time.monotonic(), time.thread_time()))
 
     def emit(self, event: tm.Event) -> None:
         if isinstance(event, tm.DecodeEvent):
@@ -54,7 +60,16 @@ class _Timings:
             else:
                 self.episodes.append((self._events, event.elapsed_ms / 1e3))
                 self.windows.append((self._start, time.monotonic()))
+            if self.loop is not None:
+                self.loop.call_soon_threadsafe(self._mark_ui)
         self.target.emit(event)
+
+    def ui_share(self) -> float:
+        """CPU seconds of the UI thread per second while the rollouts decoded."""
+        starts, ends = self.ui_marks[0::2], self.ui_marks[1::2]
+        cpu = sum(e[1] - s[1] for s, e in zip(starts, ends, strict=False))
+        wall = sum(e[0] - s[0] for s, e in zip(starts, ends, strict=False))
+        return cpu / wall
 
 
 def with_dashboard(emb: embedded.Embedded, episodes: int, new_tokens: int) -> dict:
@@ -63,7 +78,7 @@ def with_dashboard(emb: embedded.Embedded, episodes: int, new_tokens: int) -> di
     timings: list[_Timings] = []
 
     def rollout(sink, control, app) -> None:
-        tap = _Timings(sink)
+        tap = _Timings(sink, app.loop)
         timings.append(tap)
         try:
             for episode in range(episodes):
@@ -75,7 +90,7 @@ def with_dashboard(emb: embedded.Embedded, episodes: int, new_tokens: int) -> di
         finally:
             app.quit_from_thread()
 
-    app, frames, ui_cpu = run_app(rollout)
+    app, frames = run_app(rollout)
     if app.view.error is not None:
         raise RuntimeError(f"the rollout failed: {app.view.error.message}")
     tap = timings[0]
@@ -89,7 +104,7 @@ def with_dashboard(emb: embedded.Embedded, episodes: int, new_tokens: int) -> di
         "tokens_per_s": steps / seconds,
         "fps": drawn / window_s,
         "dropped": app.channel.counts().dropped,
-        "ui_cpu": ui_cpu,
+        "ui_cpu": tap.ui_share(),
     }
 
 
