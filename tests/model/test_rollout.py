@@ -10,6 +10,7 @@ import pytest
 
 from model import telemetry as tm
 from model.rollout import image_spans, run_inference
+from tests.model.recording import Recorder
 
 
 @pytest.fixture(scope="module")
@@ -17,19 +18,6 @@ def image():
     x = np.linspace(0, 255, 64, dtype=np.uint8)
     r, g = np.broadcast_arrays(x[:, None], x[None, :])
     return PIL.Image.fromarray(np.stack([r, g, np.full_like(r, 128)], -1))
-
-
-class Recorder:
-    def __init__(self, on_event=None):
-        self.events, self.on_event = [], on_event
-
-    def emit(self, event):
-        self.events.append(event)
-        if self.on_event:
-            self.on_event(event)
-
-    def of(self, cls):
-        return [e for e in self.events if isinstance(e, cls)]
 
 
 def _run(model, processor, image, sink, control, n=6, **kw):

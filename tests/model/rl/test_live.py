@@ -9,23 +9,11 @@ from model import telemetry as tm
 from model.rl.live import run_grpo
 from model.rl.train import GRPOSettings
 from model.tasks import Task
+from tests.model.recording import Recorder
 
 SETTINGS = GRPOSettings(prompts_per_step=1, max_new_tokens=4, learning_rate=1e-2)
 STEP_KINDS_HEAD = ["phase", "phase", "prefill", "phase"]
 STEP_KINDS_TAIL = ["phase", "profile", "phase", "phase", "phase", "phase", "train", "credit"]
-
-
-class Recorder:
-    def __init__(self, on_event=None):
-        self.events, self.on_event = [], on_event
-
-    def emit(self, event):
-        self.events.append(event)
-        if self.on_event:
-            self.on_event(event)
-
-    def of(self, cls):
-        return [e for e in self.events if isinstance(e, cls)]
 
 
 @pytest.fixture(scope="module")
