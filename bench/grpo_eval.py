@@ -16,11 +16,24 @@ import argparse
 import time
 from pathlib import Path
 
+import numpy as np
+
 from model.checkpoint import load_pretrained
 from model.processor import Processor
 from model.rl import evaluate
 from model.rl.train import DEFAULT_MODEL, GRPOTrainer
 from model.tasks import QTYPES, Task
+
+SAMPLES = 8  # sampled answers per question in the sampled eval
+
+
+def paired_gain(before: list[float], after: list[float], per_question: int) -> tuple[float, float]:
+    """Mean and standard error of the per-question change of the mean reward (the same
+    questions before and after, ``per_question`` answers each)."""
+    b = np.asarray(before).reshape(-1, per_question).mean(1)
+    a = np.asarray(after).reshape(-1, per_question).mean(1)
+    diff = a - b
+    return float(diff.mean()), float(diff.std(ddof=1) / np.sqrt(len(diff)))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def sampled(model):
         return evaluate.evaluate_sampled(
-            model, processor, eval_task, args.per_type // 2, temperature=1.0, samples=8
+            model, processor, eval_task, args.per_type // 2, temperature=1.0, samples=SAMPLES
         )
 
     start = time.perf_counter()
@@ -74,6 +87,16 @@ def main(argv: list[str] | None = None) -> int:
                 f"{q:<8} {b['n']:>5} {b['reward']:>14.3f} {a['reward']:>7.3f} "
                 f"{b['accuracy']:>11.1%} {a['accuracy']:>7.1%}"
             )
+    print()
+    for title, b_, a_, per in (
+        ("greedy", before, after, 1),
+        ("sampled", before_sampled, after_sampled, SAMPLES),
+    ):
+        gain, se = paired_gain(b_["all"]["rewards"], a_["all"]["rewards"], per)
+        print(
+            f"{title} eval reward change: {gain:+.3f} ± {se:.3f} (paired over "
+            f"{b_['all']['n'] // per} questions; {gain / se:+.1f} standard errors)"
+        )
     print(f"\n{args.updates} GRPO updates: {train_s:.0f}s; one eval: {eval_s:.0f}s")
     return 0
 

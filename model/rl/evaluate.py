@@ -3,7 +3,9 @@
 Greedy (``evaluate``): one answer per question. Sampled (``evaluate_sampled``): ``samples``
 answers per question at a temperature, the distribution GRPO samples from and optimises.
 ``accuracy`` is the fraction of answers with reward 1.0 (exactly right); ``reward`` the mean
-task reward (partial credit and the malformed penalty included); ``n`` counts answers.
+task reward (partial credit and the malformed penalty included); ``n`` counts answers;
+``rewards`` lists them, question by question in a fixed order (a sampled eval's ``samples``
+answers to one question together), so two evals of one task can be compared pairwise.
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ def _report(rewards: dict[str, list[float]]) -> dict[str, dict[str, float]]:
             "accuracy": float(np.mean(np.asarray(r) == 1.0)),
             "reward": float(np.mean(r)),
             "n": len(r),
+            "rewards": [float(x) for x in r],
         }
         for q, r in rewards.items()
     }

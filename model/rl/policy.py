@@ -60,14 +60,17 @@ def pack(
     config: Qwen3VLConfig,
     prompts: list[dict],
     answers: list[list[int]],
-    image_of_row: list[int],
+    prompt_of_row: list[int],
     length: int,
     pad_id: int,
+    image_of_prompt: list[int] | None = None,
 ) -> Sequences:
-    """Rows ``prompts[image_of_row[b]]['input_ids'] + answers[b]``, padded to ``length``.
+    """Rows ``prompts[prompt_of_row[b]]['input_ids'] + answers[b]``, padded to ``length``.
 
     ``prompts`` are ``model.processor.Processor.prepare`` outputs with one image each, all
-    of one grid. Raises ``ValueError`` when a row does not fit in ``length``.
+    of one grid. Prompts that show the same image (several questions about one scene) say so
+    with ``image_of_prompt`` (default: every prompt its own image): the vision tower then
+    runs once per image. Raises ``ValueError`` when a row does not fit in ``length``.
     """
     grid = np.asarray(prompts[0]["image_grid_thw"]).reshape(-1, 3)
     for p in prompts:
@@ -79,8 +82,8 @@ def pack(
     prompt_ids = np.full((rows, length), pad_id, np.int32)
     input_ids = np.full((rows, length), pad_id, np.int32)
     mask = np.zeros((rows, length), np.float32)
-    for b, (img, answer) in enumerate(zip(image_of_row, answers, strict=True)):
-        prompt = np.asarray(prompts[img]["input_ids"]).reshape(-1)
+    for b, (p, answer) in enumerate(zip(prompt_of_row, answers, strict=True)):
+        prompt = np.asarray(prompts[p]["input_ids"]).reshape(-1)
         n = len(prompt) + len(answer)
         if n > length:
             raise ValueError(f"row {b} has {n} tokens, more than the batch length {length}")
@@ -98,12 +101,22 @@ def pack(
         spatial_merge_size=config.vision.spatial_merge_size,
     )
     image_slots = np.stack([np.flatnonzero(r == config.image_token_id) for r in prompt_ids])
-    pixels = np.stack([np.asarray(p["pixel_values"], np.float32) for p in prompts])
+    if image_of_prompt is None:
+        image_of_prompt = list(range(len(prompts)))
+    first_prompt = {img: p for p, img in reversed(list(enumerate(image_of_prompt)))}
+    if sorted(first_prompt) != list(range(len(first_prompt))):
+        raise ValueError("image_of_prompt must number the images 0, 1, ... without gaps")
+    pixels = np.stack(
+        [
+            np.asarray(prompts[first_prompt[i]]["pixel_values"], np.float32)
+            for i in range(len(first_prompt))
+        ]
+    )
     return Sequences(
         input_ids=input_ids,
         positions=positions,
         image_slots=image_slots.astype(np.int32),
-        image_of_row=np.asarray(image_of_row, np.int32),
+        image_of_row=np.asarray([image_of_prompt[p] for p in prompt_of_row], np.int32),
         pixels=pixels,
         vision=grid_inputs(grid, config.vision),
         targets=targets,

@@ -4,8 +4,10 @@
 modules that load real checkpoints, a few million parameters) whose vocabulary and
 special tokens come from the tokenizer already in ``DIR``, trains it with teacher forcing
 on the answer tokens of train-split examples (image + question in the chat template,
-answer followed by ``<|im_end|>``), then writes ``config.json`` and ``model.safetensors``
-into ``DIR`` with ``save_pretrained`` and prints the eval accuracy per question type.
+answer followed by ``<|im_end|>``; each scene is asked several questions in one batch,
+which taught position ("where") several times faster than one question per scene), then
+writes ``config.json`` and ``model.safetensors`` into ``DIR`` with ``save_pretrained`` and
+prints the eval accuracy per question type.
 
 Seeded and reproducible: the initial weights come from ``seed``, the examples from
 ``Task("train", seed)``, and there is no other randomness.
@@ -30,8 +32,9 @@ from model.qwen3_vl import init_random
 from model.rl import evaluate, policy
 from model.tasks import Task
 
-DEFAULT_STEPS = 1000
-BATCH_SIZE = 16
+DEFAULT_STEPS = 1200
+IMAGES_PER_STEP = 8
+QUESTIONS_PER_IMAGE = 4  # rows per step: IMAGES_PER_STEP * QUESTIONS_PER_IMAGE
 LENGTH = 88  # longest prompt (83 tokens) + longest answer with <|im_end|> (3), rounded up
 PEAK_LR = 2e-3
 WARMUP_STEPS = 30
@@ -82,12 +85,20 @@ def answer_ids(processor: Processor, answer: str) -> list[int]:
 
 
 def train_batch(config, processor, task: Task, step: int) -> policy.Sequences:
-    """The ``step``-th batch: train examples ``step * BATCH_SIZE ...``, one image per row."""
-    examples = [task.sample(step * BATCH_SIZE + j) for j in range(BATCH_SIZE)]
+    """The ``step``-th batch: ``QUESTIONS_PER_IMAGE`` questions (``Task.questions``) about
+    each of the train scenes ``step * IMAGES_PER_STEP ...``; the vision tower runs once per
+    scene."""
+    examples = [
+        ex
+        for j in range(IMAGES_PER_STEP)
+        for ex in task.questions(step * IMAGES_PER_STEP + j, QUESTIONS_PER_IMAGE)
+    ]
     prompts = [processor.prepare(ex.question, [ex.image]) for ex in examples]
     answers = [answer_ids(processor, ex.answer) for ex in examples]
+    rows = range(len(examples))
+    image_of_prompt = [b // QUESTIONS_PER_IMAGE for b in rows]
     pad = processor.tokenizer.pad_token_id
-    return policy.pack(config, prompts, answers, list(range(BATCH_SIZE)), LENGTH, pad)
+    return policy.pack(config, prompts, answers, list(rows), LENGTH, pad, image_of_prompt)
 
 
 def cross_entropy(logits: jax.Array, seqs: policy.Sequences) -> jax.Array:

@@ -144,14 +144,14 @@ class GRPOTrainer:
         """One optimizer update on ``groups`` of ``(prepared prompt, generation, rewards [G])``;
         returns ``(metrics, advantages [P, G], credit [P][G])``. The update's shape is
         ``P * G`` rows of ``LENGTH`` tokens and ``P`` images: compiled once per ``P``."""
-        prompts, answers, image_of_row, advantages = [], [], [], []
+        prompts, answers, prompt_of_row, advantages = [], [], [], []
         for i, (inputs, gen, rewards) in enumerate(groups):
             prompts.append(inputs)
             answers += [gen.tokens[b, : gen.lengths[b]].tolist() for b in range(len(rewards))]
-            image_of_row += [i] * len(rewards)
+            prompt_of_row += [i] * len(rewards)
             advantages.append(np.asarray(grpo.group_advantages(rewards), np.float32))
         pad = self.processor.tokenizer.pad_token_id
-        seqs = policy.pack(self.model.config, prompts, answers, image_of_row, LENGTH, pad)
+        seqs = policy.pack(self.model.config, prompts, answers, prompt_of_row, LENGTH, pad)
         advantages = np.stack(advantages)
         self.state, self.opt_state, metrics, credit = self._update(
             self.state, self.ref_state, self.opt_state, seqs, advantages.reshape(-1)

@@ -58,6 +58,22 @@ class Task:
             if qa is not None:
                 return Example(draw_scene(scene), qa[0], qa[1], qtype, scene)
 
+    def questions(self, i: int, n: int) -> list[Example]:
+        """``n`` examples about the scene of ``sample(i)``: that one first, then one of each
+        other question type the scene supports, then count questions (every scene has them).
+        Pretraining asks them together, so an answer cannot come from the question alone."""
+        first = self.sample(i)
+        rng = random.Random(f"{self.seed}/{self.split}/{i}/questions")
+        more = []
+        for qtype in QTYPES:
+            qa = make_question(first.scene, qtype, rng) if qtype != first.qtype else None
+            if qa is not None:
+                more.append((qtype, qa))
+        while len(more) < n - 1:
+            more.append(("count", make_question(first.scene, "count", rng)))
+        extra = [Example(first.image, q, a, qtype, first.scene) for qtype, (q, a) in more]
+        return [first, *extra][:n]
+
     def reward(self, example: Example, response: str) -> float:
         """Reward of the model's ``response`` to ``example`` (see model.tasks.rewards)."""
         return reward(example.qtype, response, example.answer)

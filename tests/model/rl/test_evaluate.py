@@ -27,4 +27,6 @@ def test_report_counts_every_type(tiny_policy, processor):
     assert all(report[q]["n"] == 2 for q in QTYPES) and report["all"]["n"] == 8
     mean = np.mean([report[q]["reward"] for q in QTYPES])
     assert np.isclose(report["all"]["reward"], mean)
+    assert len(report["all"]["rewards"]) == 8
+    assert np.isclose(np.mean(report["all"]["rewards"]), report["all"]["reward"])
     assert "accuracy" in evaluate.format_report(report)

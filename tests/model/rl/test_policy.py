@@ -48,13 +48,13 @@ def test_packed_rows_match_model_logits(model):
     rng = np.random.default_rng(0)
     prompts = [_prompt(rng, 3), _prompt(rng, 5)]
     answers = [[9, 10, 2], [11, 2], [12, 13, 14, 2]]
-    image_of_row = [0, 1, 0]  # two rows answer the first prompt, as in a GRPO group
-    seqs = policy.pack(CONFIG, prompts, answers, image_of_row, 20, PAD)
+    prompt_of_row = [0, 1, 0]  # two rows answer the first prompt, as in a GRPO group
+    seqs = policy.pack(CONFIG, prompts, answers, prompt_of_row, 20, PAD)
     graphdef, state = nnx.split(model)
     got = np.asarray(policy.logits(graphdef, state, seqs))
     assert got.shape == (3, 20, 40)
-    for b, (img, answer) in enumerate(zip(image_of_row, answers, strict=True)):
-        p = prompts[img]
+    for b, (i, answer) in enumerate(zip(prompt_of_row, answers, strict=True)):
+        p = prompts[i]
         ids = np.concatenate([p["input_ids"][0], answer])[None]
         want = model.logits(ids, p["pixel_values"], p["image_grid_thw"])[0]
         n = ids.shape[1]
@@ -63,6 +63,23 @@ def test_packed_rows_match_model_logits(model):
         np.testing.assert_array_equal(seqs.targets[b, : n - 1], ids[0, 1:])
         assert seqs.mask[b].sum() == len(answer)
         assert seqs.mask[b, len(p["input_ids"][0]) - 1] == 1.0
+
+
+def test_prompts_about_one_image_share_its_vision_tower_run(model):
+    """Two questions about one image: one image in the batch, logits as if each had its own."""
+    rng = np.random.default_rng(0)
+    first, second = _prompt(rng, 3), _prompt(rng, 5)
+    second["pixel_values"] = first["pixel_values"]
+    seqs = policy.pack(CONFIG, [first, second], [[9, 2], [10, 2]], [0, 1], 16, PAD, [0, 0])
+    assert seqs.pixels.shape[0] == 1
+    np.testing.assert_array_equal(seqs.image_of_row, [0, 0])
+    separate = policy.pack(CONFIG, [first, second], [[9, 2], [10, 2]], [0, 1], 16, PAD)
+    graphdef, state = nnx.split(model)
+    np.testing.assert_allclose(
+        policy.logits(graphdef, state, seqs), policy.logits(graphdef, state, separate), atol=1e-6
+    )
+    with pytest.raises(ValueError, match="without gaps"):
+        policy.pack(CONFIG, [first, second], [[9, 2], [10, 2]], [0, 1], 16, PAD, [1, 1])
 
 
 def test_an_image_token_in_an_answer_is_text(model):

@@ -89,6 +89,20 @@ def test_questions_and_answers_are_in_the_enumerated_sets(examples):
         assert e.question in questions and e.answer in answers
 
 
+def test_questions_about_one_scene():
+    task = Task("train", seed=0)
+    for i in range(40):
+        qs = task.questions(i, 4)
+        assert len(qs) == 4 and qs[0] == task.sample(i)
+        assert qs == task.questions(i, 4)  # deterministic
+        assert all(q.scene == qs[0].scene and q.image is qs[0].image for q in qs)
+        for q in qs:
+            assert solve(q.scene, q.question) == q.answer
+        # no type asked twice, except count, which fills up when the scene supports few types
+        others = [q.qtype for q in qs if q.qtype != "count"]
+        assert len(others) == len(set(others)) and "count" in [q.qtype for q in qs]
+
+
 def test_image_shows_the_scene(examples):
     for e in examples["train"][:40]:
         pixels = np.asarray(e.image)

@@ -1,0 +1,26 @@
+"""Pretraining batches: several questions about each scene, its image encoded once."""
+
+import numpy as np
+
+from model.rl import pretrain
+from model.tasks import Task
+
+
+def test_a_batch_asks_several_questions_about_each_scene(processor):
+    config = pretrain.tiny_config(processor)
+    task = Task("train", 0)
+    seqs = pretrain.train_batch(config, processor, task, step=3)
+    images, per = pretrain.IMAGES_PER_STEP, pretrain.QUESTIONS_PER_IMAGE
+    assert seqs.input_ids.shape == (images * per, pretrain.LENGTH)
+    assert seqs.pixels.shape[0] == images
+    np.testing.assert_array_equal(seqs.image_of_row, np.arange(images * per) // per)
+    for j in range(images):
+        examples = task.questions(3 * images + j, per)
+        for q, ex in enumerate(examples):
+            row = j * per + q
+            answer = pretrain.answer_ids(processor, ex.answer)
+            # the mask covers exactly the answer tokens, which are the targets there
+            np.testing.assert_array_equal(seqs.targets[row][seqs.mask[row] == 1], answer)
+        # the image of the scene is the one packed for its rows
+        first = processor.prepare(examples[0].question, [examples[0].image])
+        np.testing.assert_array_equal(seqs.pixels[j], first["pixel_values"])
