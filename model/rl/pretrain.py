@@ -32,9 +32,9 @@ from model.qwen3_vl import init_random
 from model.rl import evaluate, policy
 from model.tasks import Task
 
-DEFAULT_STEPS = 1200
-IMAGES_PER_STEP = 8
-QUESTIONS_PER_IMAGE = 4  # rows per step: IMAGES_PER_STEP * QUESTIONS_PER_IMAGE
+DEFAULT_STEPS = 1500
+IMAGES_PER_STEP = 16
+QUESTIONS_PER_IMAGE = 2  # rows per step: IMAGES_PER_STEP * QUESTIONS_PER_IMAGE
 LENGTH = 88  # longest prompt (83 tokens) + longest answer with <|im_end|> (3), rounded up
 PEAK_LR = 2e-3
 WARMUP_STEPS = 30

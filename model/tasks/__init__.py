@@ -60,13 +60,16 @@ class Task:
 
     def questions(self, i: int, n: int) -> list[Example]:
         """``n`` examples about the scene of ``sample(i)``: that one first, then one of each
-        other question type the scene supports, then count questions (every scene has them).
-        Pretraining asks them together, so an answer cannot come from the question alone."""
+        other question type the scene supports (in a seeded random order), then count
+        questions (every scene has them). Pretraining asks them together, so an answer
+        cannot come from the question alone."""
         first = self.sample(i)
         rng = random.Random(f"{self.seed}/{self.split}/{i}/questions")
+        others = [q for q in QTYPES if q != first.qtype]
+        rng.shuffle(others)
         more = []
-        for qtype in QTYPES:
-            qa = make_question(first.scene, qtype, rng) if qtype != first.qtype else None
+        for qtype in others:
+            qa = make_question(first.scene, qtype, rng)
             if qa is not None:
                 more.append((qtype, qa))
         while len(more) < n - 1:
