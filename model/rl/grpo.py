@@ -65,7 +65,7 @@ class Batch:
 
     targets: jax.Array  # [B, T] int32 token chosen at each position
     mask: jax.Array  # [B, T] float32, 1 on generated tokens
-    old_logp: jax.Array | None  # [B, T] float32 behaviour log-probs; None: on-policy (below)
+    old_logp: jax.Array  # [B, T] float32 behaviour log-probs (of the sampling parameters)
     ref_logp: jax.Array  # [B, T] float32 frozen initial policy's log-probs
     advantages: jax.Array  # [B] float32
 
@@ -158,16 +158,11 @@ def grpo_gradients(
     """One backward pass of the GRPO loss through ``forward(params) -> [B, T, V] logits``.
 
     Returns ``(loss, metrics, grads, credit)``: the gradient w.r.t. the logits is computed
-    first, read for the credit, then pulled back through the model to the parameters.
-
-    ``batch.old_logp = None`` means on-policy: ``params`` are the parameters that sampled the
-    batch, so the behaviour log-probs are those of this very forward pass (held constant);
-    the ratio is 1 and its gradient is the plain policy gradient.
+    first, read for the credit, then pulled back through the model to the parameters. When
+    ``params`` are the parameters that sampled the batch, the ratio is 1 and the gradient is
+    the plain policy gradient.
     """
     logits, pullback = jax.vjp(forward, params)
-    if batch.old_logp is None:
-        old = token_logprobs(jax.lax.stop_gradient(logits), batch.targets, cfg.temperature)
-        batch = dataclasses.replace(batch, old_logp=old)
     (loss, metrics), logits_grad = jax.value_and_grad(grpo_loss, has_aux=True)(logits, batch, cfg)
     (grads,) = pullback(logits_grad)
     return loss, metrics, grads, token_credit(logits, logits_grad, batch, cfg)

@@ -6,14 +6,16 @@ One GRPO step (``GRPOTrainer.step``):
    (G) answers sampled from the live policy by the KV-cache decoder
    (``model.decode.generate``, temperature sampling, the vision tower run once per group);
 2. task rewards of the answers (``model.tasks``) and advantages normalised within each group;
-3. one AdamW update of the GRPO objective (``model.rl.grpo``) on all ``P * G`` answers,
-   against the frozen initial policy. The update is on-policy: the parameters that sampled
-   the groups are the ones being updated, so the behaviour log-probs are those of the
-   update's own forward pass (the ratio is 1 and the clip fraction 0; see
-   ``grpo.grpo_gradients``).
+3. ``updates_per_batch`` (mu) AdamW updates of the GRPO objective (``model.rl.grpo``) on all
+   ``P * G`` answers, against the frozen initial policy. The behaviour log-probs are those of
+   the parameters that sampled the groups (one forward pass before the first update), so the
+   first update is the plain policy gradient (ratio 1) and the later ones are off-policy by
+   the earlier updates: their ratio moves and the clip (``clip_eps``) bounds how far. Reusing
+   each sampled batch this way learns more per sampled answer, sampling being the slow part
+   on a CPU.
 
 The update runs on a fixed shape (``P * G`` rows of ``LENGTH`` tokens, ``P`` images), so it
-is compiled once and reused by every step.
+is compiled once and reused by every update of every step.
 
 ``python -m model rl --steps N --json`` runs it headless and prints one JSON object per
 update: step, reward_mean, reward_std (over the step's ``P * G`` answers), kl, loss,
@@ -52,9 +54,10 @@ class GRPOSettings:
     prompts_per_step: int = 16  # P: questions (groups) per update
     temperature: float = 1.0
     max_new_tokens: int = 8
-    learning_rate: float = 1e-3
+    learning_rate: float = 1e-4
     clip_eps: float = 0.2
     kl_coef: float = 0.04
+    updates_per_batch: int = 2  # mu: optimizer updates on each sampled batch
 
     def objective(self) -> grpo.GRPOConfig:
         return grpo.GRPOConfig(self.clip_eps, self.kl_coef, self.temperature)
@@ -77,20 +80,24 @@ class StepResult:
 
 
 def _make_update(graphdef, optimizer, objective: grpo.GRPOConfig):
-    """The jitted update ``(state, ref_state, opt_state, seqs, advantages) ->
-    (state, opt_state, metrics, credit [B, L])``."""
+    """The jitted ``logprobs(state, seqs) -> [B, L]`` (log-probs of the targets at the
+    sampling temperature) and update ``(state, ref_state, opt_state, seqs, advantages [B],
+    old_logp [B, L]) -> (state, opt_state, metrics, credit [B, L])``."""
 
     def forward(state, seqs):
         return policy.forward(nnx.merge(graphdef, state), seqs)
 
     @jax.jit
-    def update(state, ref_state, opt_state, seqs, advantages):
-        ref_logits = forward(ref_state, seqs)
+    def logprobs(state, seqs):
+        return grpo.token_logprobs(forward(state, seqs), seqs.targets, objective.temperature)
+
+    @jax.jit
+    def update(state, ref_state, opt_state, seqs, advantages, old_logp):
         batch = grpo.Batch(
             targets=seqs.targets,
             mask=seqs.mask,
-            old_logp=None,  # on-policy: the behaviour policy is `state`
-            ref_logp=grpo.token_logprobs(ref_logits, seqs.targets, objective.temperature),
+            old_logp=old_logp,
+            ref_logp=logprobs(ref_state, seqs),
             advantages=advantages,
         )
         _, metrics, grads, credit = grpo.grpo_gradients(
@@ -100,7 +107,7 @@ def _make_update(graphdef, optimizer, objective: grpo.GRPOConfig):
         updates, opt_state = optimizer.update(grads, opt_state, state)
         return optax.apply_updates(state, updates), opt_state, metrics, credit
 
-    return update
+    return logprobs, update
 
 
 class GRPOTrainer:
@@ -115,7 +122,9 @@ class GRPOTrainer:
             optax.clip_by_global_norm(1.0), optax.adamw(settings.learning_rate, weight_decay=0.0)
         )
         self.opt_state = self.optimizer.init(self.state)
-        self._update = _make_update(self.graphdef, self.optimizer, settings.objective())
+        self._logprobs, self._update = _make_update(
+            self.graphdef, self.optimizer, settings.objective()
+        )
         self.eos_ids = sorted(processor.eos_token_ids)
 
     @property
@@ -141,9 +150,12 @@ class GRPOTrainer:
         return answers, np.asarray([task.reward(example, a) for a in answers], np.float32)
 
     def update(self, groups: list[tuple[dict, Generation, np.ndarray]]):
-        """One optimizer update on ``groups`` of ``(prepared prompt, generation, rewards [G])``;
-        returns ``(metrics, advantages [P, G], credit [P][G])``. The update's shape is
-        ``P * G`` rows of ``LENGTH`` tokens and ``P`` images: compiled once per ``P``."""
+        """``updates_per_batch`` optimizer updates on ``groups`` of ``(prepared prompt,
+        generation, rewards [G])``; returns ``(metrics, advantages [P, G], credit [P][G])``:
+        the metrics averaged over the updates (``clip_frac`` is 0 in the first, on-policy
+        one), the credit of the first update (the policy gradient of the sampled answers). The
+        update's shape is ``P * G`` rows of ``LENGTH`` tokens and ``P`` images: compiled once
+        per ``P``."""
         prompts, answers, prompt_of_row, advantages = [], [], [], []
         for i, (inputs, gen, rewards) in enumerate(groups):
             prompts.append(inputs)
@@ -153,11 +165,15 @@ class GRPOTrainer:
         pad = self.processor.tokenizer.pad_token_id
         seqs = policy.pack(self.model.config, prompts, answers, prompt_of_row, LENGTH, pad)
         advantages = np.stack(advantages)
-        self.state, self.opt_state, metrics, credit = self._update(
-            self.state, self.ref_state, self.opt_state, seqs, advantages.reshape(-1)
-        )
-        metrics = {k: float(v) for k, v in metrics.items()}
-        credit = np.asarray(credit)
+        behaviour = self._logprobs(self.state, seqs)
+        runs = []
+        for _ in range(self.settings.updates_per_batch):
+            self.state, self.opt_state, metrics, credit = self._update(
+                self.state, self.ref_state, self.opt_state, seqs, advantages.reshape(-1), behaviour
+            )
+            runs.append((metrics, credit))
+        metrics = {k: float(np.mean([m[k] for m, _ in runs])) for k in runs[0][0]}
+        credit = np.asarray(runs[0][1])
         per_answer, row = [], 0
         for _, gen, rewards in groups:
             start = gen.prompt_length - 1  # position that predicts the first answer token

@@ -222,16 +222,13 @@ def test_credit_sign_follows_advantage_and_masked_tokens_get_zero(toy):
     assert abs(float(c[0, 0])) < 1e-6
 
 
-def test_on_policy_batch_uses_the_forward_pass_as_behaviour_policy(toy):
+def test_on_policy_batch_has_ratio_one_and_clips_nothing(toy):
+    """Behaviour log-probs of the very parameters being updated: the plain policy gradient."""
     x, w, batch = toy
     xj, wj = jnp.asarray(x), jnp.asarray(w)
     current = grpo.token_logprobs(xj @ wj, batch.targets, CFG.temperature)
-    explicit = grpo.grpo_gradients(
+    _, metrics, grads, _ = grpo.grpo_gradients(
         lambda w_: xj @ w_, wj, dataclasses.replace(batch, old_logp=current), CFG
     )
-    implicit = grpo.grpo_gradients(
-        lambda w_: xj @ w_, wj, dataclasses.replace(batch, old_logp=None), CFG
-    )
-    assert float(implicit[1]["clip_frac"]) == 0.0
-    for a, b in zip(jax.tree.leaves(explicit), jax.tree.leaves(implicit), strict=True):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-8)
+    assert float(metrics["clip_frac"]) == 0.0
+    assert np.isfinite(np.asarray(grads)).all()
