@@ -172,17 +172,33 @@ def unstack_layers(graph, weights) -> list[list[jax.Array]]:
 
 
 def _token_telemetry(obs, vision, tokens, logp, selection, cache_len, position):
-    """The watched row's telemetry packed into ``(floats, ints)``, two arrays, because each
-    array fetched costs the host a fixed overhead (see ``_unpack`` for the layout)."""
+    """The watched row's telemetry of one step packed into ``(floats, ints)``, two arrays,
+    because each array fetched costs the host a fixed overhead: ``floats`` are the
+    ``HeadStats.METRICS`` ``[4 * L * H]``, the selected head's row ``[C]`` and the
+    log-probabilities ``[V]``; ``ints`` the argmax ``[L * H]``, every row's token ``[B]``, the
+    cache length and the query's position (t, h, w). ``_alternatives`` then replaces the
+    log-probabilities (see ``_Unpacked`` for the final layout)."""
     sample, layer, head = selection
     rows = obs["rows"]  # [L, H, Tk]
     stats = head_stats(rows, vision[sample])
-    top_ids, top_probs = top_alternatives(logp[sample])
-    prob = jnp.exp(logp[sample, tokens[sample]])
-    floats = [stats[k].ravel() for k in HeadStats.METRICS]
-    floats += [rows[layer, head], prob[None], top_probs]
-    ints = [stats["argmax"].ravel(), tokens, top_ids, jnp.stack([cache_len, *position])]
+    floats = [stats[k].ravel() for k in HeadStats.METRICS] + [rows[layer, head], logp[sample]]
+    ints = [stats["argmax"].ravel(), tokens, jnp.stack([cache_len, *position])]
     return jnp.concatenate(floats), jnp.concatenate([i.astype(jnp.int32) for i in ints])
+
+
+def _alternatives(floats, ints, selection, vocab: int, batch: int):
+    """``_token_telemetry``'s arrays stacked per step, ``[n, ...]``, with each step's
+    log-probabilities replaced by the sampled token's probability and the top-5 alternatives
+    (one top-k for all steps: per step inside the decode loop it costs as much again as the
+    rest of the telemetry)."""
+    logp = floats[:, -vocab:]
+    n = ints.shape[1] - batch - 4  # L * H
+    token = jax.lax.dynamic_slice_in_dim(ints, n + selection[0], 1, axis=1)  # [n, 1]
+    prob = jnp.exp(jnp.take_along_axis(logp, token, axis=1, mode="clip"))
+    top_ids, top_probs = top_alternatives(logp)
+    floats = jnp.concatenate([floats[:, :-vocab], prob, top_probs], axis=1)
+    ints = jnp.concatenate([ints[:, : n + batch], top_ids, ints[:, n + batch :]], axis=1)
+    return floats, ints
 
 
 @functools.partial(jax.jit, static_argnums=0, static_argnames="telemetry", donate_argnames="cache")
@@ -199,14 +215,15 @@ def _prefill(
     if not telemetry:
         return cache, tokens, None
     position = jax.lax.dynamic_index_in_dim(positions[:, selection[0]], length - 1, 1, False)
-    tel = _token_telemetry(obs, vision, tokens, logp, selection, length, position)
+    floats, ints = _token_telemetry(obs, vision, tokens, logp, selection, length, position)
+    tel = _alternatives(floats[None], ints[None], selection, logp.shape[-1], len(tokens))
     return cache, tokens, (*tel, pool_max(obs["map"], length, MAP_SIZE))
 
 
 def _telemetry_sizes(cfg, batch: int, capacity: int) -> tuple[int, int]:
     """Lengths of ``_token_telemetry``'s ``(floats, ints)``."""
     n = cfg.num_hidden_layers * cfg.num_attention_heads
-    return 4 * n + capacity + 1 + TOP_ALTERNATIVES, n + batch + TOP_ALTERNATIVES + 4
+    return 4 * n + capacity + cfg.vocab_size, n + batch + 4
 
 
 @functools.partial(jax.jit, static_argnums=0, static_argnames="telemetry", donate_argnames="cache")
@@ -217,9 +234,9 @@ def _decode(
     """Decode steps ``start, start + 1, ...``: ``count`` of them (``1 <= count <= CHUNK``,
     at most the cache's free slots), fewer once every row has finished (sampled one of
     ``eos [E]``; ``finished [B]`` on entry). Returns the cache, the newest ``tokens [B]``,
-    ``finished [B]`` and the chunk's results stacked per step, rows of steps not run -1:
-    ``tokens [CHUNK, B]`` or, with telemetry, ``_token_telemetry``'s
-    ``(floats [CHUNK, F], ints [CHUNK, I])``."""
+    ``finished [B]`` and the chunk's results stacked per step, tokens of steps not run -1:
+    ``tokens [CHUNK, B]`` or, with telemetry, ``(floats [CHUNK, F], ints [CHUNK, I])``
+    (``_alternatives``)."""
     m = merge(graph, weights)
     text = m.config.text
     batch = tokens.shape[0]
@@ -254,6 +271,8 @@ def _decode(
 
     carry = (recent, tokens, finished, results)
     recent, tokens, finished, results = jax.lax.while_loop(running, step, carry)
+    if telemetry:
+        results = _alternatives(*results, selection, text.vocab_size, batch)
     return cache.append(recent), tokens, finished, results
 
 
@@ -347,33 +366,36 @@ def _repeat_rows(prompt: Prompt, n: int) -> Prompt:
 
 
 class _Unpacked:
-    """Host views of ``_token_telemetry``'s packed arrays, stacked per step:
-    ``floats [n, F]``, ``ints [n, I]``."""
+    """Host views of the packed telemetry arrays stacked per step, ``floats [n, F]`` and
+    ``ints [n, I]`` (``_token_telemetry``, then ``_alternatives``), split once per chunk:
+    a view or a number per step and field."""
 
     def __init__(self, floats: np.ndarray, ints: np.ndarray, layers: int, heads: int, batch: int):
         n, k = layers * heads, TOP_ALTERNATIVES
-        self.grids = floats[:, : 4 * n].reshape(-1, 4, layers, heads)
-        self.argmax = ints[:, :n].reshape(-1, layers, heads)
-        self.rows = floats[:, 4 * n : -1 - k]
+        grids = floats[:, : 4 * n].reshape(-1, 4, layers, heads).swapaxes(0, 1)
+        self.metrics = [list(grid) for grid in grids]  # HeadStats.METRICS, [n] x [L, H] each
+        self.argmax = list(ints[:, :n].reshape(-1, layers, heads))
+        self.rows = list(floats[:, 4 * n : -1 - k])
         self.probs = floats[:, -1 - k].tolist()
-        self.top_probs = floats[:, -k:]
+        self.top_probs = list(floats[:, -k:])
         self.tokens = ints[:, n : n + batch]  # [n, B]
-        self.top_ids = ints[:, n + batch : n + batch + k]
+        self.top_ids = list(ints[:, n + batch : n + batch + k])
         self.tails = ints[:, n + batch + k :].tolist()  # cache length, t, h, w
 
     def stats(self, j: int) -> HeadStats:
-        return HeadStats(*self.grids[j], argmax=self.argmax[j])
+        return HeadStats(*(metric[j] for metric in self.metrics), argmax=self.argmax[j])
 
     def token(self, j: int, step: int, sel, finished: np.ndarray, elapsed_ms: float):
         """Step ``j``'s ``TokenTelemetry``; ``sel`` the selection ``[sample, layer, head]``."""
         sample, layer, head = sel
-        cache_len, *position = self.tails[j]
+        cache_len, t, h, w = self.tails[j]
+        tokens = self.tokens[j]
         return TokenTelemetry(
-            step=step, sample=sample, layer=layer, head=head,
-            token_id=int(self.tokens[j, sample]), prob=self.probs[j], top_ids=self.top_ids[j],
-            top_probs=self.top_probs[j], cache_len=cache_len, position=tuple(position),
-            stats=self.stats(j), attn_row=self.rows[j, :cache_len], elapsed_ms=elapsed_ms,
-            tokens=self.tokens[j], finished=finished,
+            step=step, sample=sample, layer=layer, head=head, token_id=int(tokens[sample]),
+            prob=self.probs[j], top_ids=self.top_ids[j], top_probs=self.top_probs[j],
+            cache_len=cache_len, position=(t, h, w), stats=self.stats(j),
+            attn_row=self.rows[j][:cache_len], elapsed_ms=elapsed_ms, tokens=tokens,
+            finished=finished,
         )  # fmt: skip
 
 
@@ -478,7 +500,7 @@ def generate(
 
     before = record(0, host_tokens[None])[0]
     if telemetry:
-        values = _Unpacked(tel[0][None], tel[1][None], *shape)
+        values = _Unpacked(tel[0], tel[1], *shape)
         sel = sel.tolist()
         s, r = sel[0], min(length, MAP_SIZE)
         if on_prefill:

@@ -76,11 +76,11 @@ class _TokenTexts:
         self._cache: dict[int, str] = {}
 
     def __call__(self, ids) -> tuple[str, ...]:
-        ids = [int(i) for i in np.asarray(ids).ravel()]
+        ids = np.asarray(ids).ravel().tolist()
         missing = sorted({i for i in ids if i not in self._cache})
         if missing:
             self._cache.update(zip(missing, self._processor.token_texts(missing), strict=True))
-        return tuple(self._cache[i] for i in ids)
+        return tuple(map(self._cache.__getitem__, ids))
 
 
 def run_info(
