@@ -6,11 +6,13 @@ prompt (the task's question text, repeated) with ``model.decode.generate(capacit
 - per-step decode time with telemetry on and off, repetitions interleaved on / off; the
   ratio is tokens/s on over off (target >= 0.95 at every length);
 - bytes received by the host per decode step: every device array the decoder copies to the
-  host is noted (``bench.transfers.DeviceToHost``), and the arrays of one step are found by
-  comparing a run of 1 decode step with a run of ``--steps``. The script asserts that no
-  step ships an array of ``T x T`` or ``L x H x T`` elements (T = C), and that the bytes per
-  step grow from the shortest to the longest cache by exactly the selected head's ``[T]`` row
-  (4 bytes x dT).
+  host is noted (``bench.transfers.DeviceToHost``). The decoder ships one group of arrays per
+  chunk of up to ``CHUNK`` steps, stacked per step (``[CHUNK, ...]``); one chunk's group is
+  found by comparing a run of 1 decode step with a run of 2 (the first two chunks are one
+  step each), and a step's bytes are the group's over ``CHUNK`` (a full chunk). The script
+  asserts that no step ships an array of ``T x T`` or ``L x H x T`` elements (T = C), and
+  that the bytes per step grow from the shortest to the longest cache by exactly the
+  selected head's ``[T]`` row (4 bytes x dT).
 
 The prompt fills the cache up to ``--max-prompt`` tokens. The prefill materialises every
 layer's ``T x T`` attention, so beyond that (a 16K prompt needs ~10 GB, 32K ~40 GB) the prompt
@@ -29,7 +31,7 @@ import numpy as np
 
 from bench import embedded, report
 from bench.transfers import DeviceToHost, group_bytes, steady_groups
-from model.decode import generate
+from model.decode import CHUNK, generate
 
 TARGET = 0.95
 LENGTHS = "1K,2K,4K,8K,16K,32K"
@@ -58,10 +60,10 @@ def measure(emb, capacity: int, steps: int, reps: int, max_prompt: int) -> dict:
     out = {"capacity": capacity, "prompt": length}
     for name, telemetry in (("on", True), ("off", False)):
         _, short = decode(emb, ids, capacity, 2, telemetry)  # compiles; 1 decode step
-        _, long = decode(emb, ids, capacity, steps + 1, telemetry)
-        groups = steady_groups(short, long, steps - 1)
-        out[f"shapes_{name}"] = [shape for shape, _, _ in groups[0]]
-        out[f"bytes_{name}"] = group_bytes(groups[0])
+        _, long = decode(emb, ids, capacity, 3, telemetry)  # 2 steps: 2 chunks of 1
+        (chunk,) = steady_groups(short, long, 1)
+        out[f"shapes_{name}"] = [shape[1:] for shape, _, _ in chunk]  # one step's
+        out[f"bytes_{name}"] = group_bytes(chunk) // CHUNK
     times = {"on": [], "off": []}
     for _ in range(reps):
         for name, telemetry in (("on", True), ("off", False)):

@@ -32,6 +32,35 @@ def attention(
     return out.reshape(b, tq, hq, d), probs.reshape(b, hq, tq, -1)
 
 
+def cached_attention(
+    q: jax.Array, caches: tuple[tuple[jax.Array, jax.Array, jax.Array], ...]
+) -> tuple[jax.Array, jax.Array]:
+    """Softmax attention of one new query per row over several KV caches at once.
+
+    ``q [B, 1, Hq, D]``; each cache is ``(k [B, Hkv, S, D], v [B, Hkv, D, S], mask [S])``:
+    keys, values transposed (``model.kv_cache``) and which of its ``S`` slots may be attended.
+    Returns ``out [B, 1, Hq, D]`` and ``probs [B, Hq, 1, sum(S)]`` float32: one softmax over
+    the slots of all caches, in order. The arithmetic of ``attention``.
+    """
+    b, tq, hq, d = q.shape
+    hkv = caches[0][0].shape[1]
+    q = q.reshape(b, tq, hkv, hq // hkv, d)
+    scale = jnp.asarray(d**-0.5, q.dtype)
+
+    def scores(k, mask):
+        s = jnp.einsum("bqkgd,bksd->bkgqs", q, k) * scale
+        return jnp.where(mask, s.astype(jnp.float32), NEG_INF)
+
+    probs = jax.nn.softmax(jnp.concatenate([scores(k, m) for k, _, m in caches], -1), axis=-1)
+    out, start = 0, 0
+    for k, v, _ in caches:
+        size = k.shape[2]
+        p = probs[..., start : start + size].astype(v.dtype)
+        out = out + jnp.einsum("bkgqs,bkds->bqkgd", p, v)
+        start += size
+    return out.reshape(b, tq, hq, d), probs.reshape(b, hq, tq, -1)
+
+
 def head_stats(rows: jax.Array, vision: jax.Array) -> dict[str, jax.Array]:
     """Summaries of attention rows ``rows [..., Tk]`` (each sums to 1), e.g. ``[L, H, Tk]``.
 

@@ -1,5 +1,6 @@
-"""Generation: a prefill, then one jitted decode step per token on a preallocated KV cache,
-with attention telemetry reduced inside the compiled step.
+"""Generation: a prefill, then the decode in chunks: one jitted call runs up to ``CHUNK``
+decode steps in an XLA loop on a preallocated KV cache, with attention telemetry reduced
+inside the compiled program.
 
 Flow of ``generate``:
 
@@ -8,25 +9,34 @@ Flow of ``generate``:
    and decode overwrites its cache slots), so prompts of similar length share one compile.
 2. ``_prefill``: the full forward over the prompt writes every layer's keys and values into
    the cache; the first new token is sampled from the logits of the last prompt position.
-3. ``_step`` per further token: feeds the newest token of every row, writes its keys and
-   values at ``cache.length`` (``dynamic_update_slice`` on the donated per-layer cache
-   buffers), attends over the whole capacity with a length mask, and samples the next token.
-   All layers run in one compiled program over per-layer copies of their weights
-   (``unstack_layers``, made once per ``generate``); nothing in the step waits for the host.
+3. ``_decode`` per chunk of ``n <= CHUNK`` further tokens (``n`` is traced: any chunk length
+   runs the same program): a ``lax.while_loop`` feeds the newest token of every row, attends,
+   and samples the next token (step ``s`` with ``fold_in(key, s)``); it ends after ``n``
+   steps or once every row has sampled an EOS. Each step writes its keys and values to a
+   small cache of the chunk's own (``recent``) and attends over both caches at once (the main
+   one up to the chunk's start, ``recent`` up to itself); the main cache is only read inside
+   the loop and receives the chunk's tokens at its end (``KVCache.append``): updating in place
+   a buffer that the same loop iteration reads makes XLA copy it at every step. All layers
+   run in one compiled program over per-layer copies of their weights (``unstack_layers``,
+   made once per ``generate``); nothing in a chunk waits for the host.
 
 Telemetry (``telemetry=True``) for one watched batch row ``sample`` is computed inside both
-programs: per layer and query head ``[L, H]`` the max weight, entropy, vision mass, sink mass
-and argmax of the attention row of the newest query; the full row of the selected
-``(layer, head)``; the sampled token's probability and the top-5 alternatives; the cache
-length and the query's mRoPE position. The prefill adds the selected head's whole
-``T x T`` map, block-max pooled on the device to at most ``MAP_SIZE x MAP_SIZE``. The
-selection ``(sample, layer, head)`` and the sampling parameters are traced arguments: changing
-them never recompiles. ``telemetry=False`` runs a separately compiled variant that computes
-none of it.
+programs, for every token: per layer and query head ``[L, H]`` the max weight, entropy, vision
+mass, sink mass and argmax of the attention row of the newest query; the full row of the
+selected ``(layer, head)``; the sampled token's probability and the top-5 alternatives; the
+cache length and the query's mRoPE position. A chunk stacks them per step, ``[CHUNK, ...]``.
+The prefill adds the selected head's whole ``T x T`` map, block-max pooled on the device to at
+most ``MAP_SIZE x MAP_SIZE``. The selection ``(sample, layer, head)`` and the sampling
+parameters are traced arguments: changing them never recompiles; a chunk uses the selection
+read before it was dispatched. ``telemetry=False`` runs a separately compiled variant that
+computes none of it.
 
-Host side: step ``n + 1`` is dispatched before step ``n``'s results are fetched, so copies
-to the host overlap the next step (JAX's asynchronous dispatch). Only ``O(L * H + capacity)``
-numbers leave the device per step.
+Host side: a chunk is sized to take about ``CHUNK_SECONDS`` at the measured time per step (one
+step until measured, one while paused, at most ``CHUNK``), so a slow model still reaches the
+viewer a few tokens at a time. Chunk ``c + 1`` is dispatched before chunk ``c``'s results are
+fetched, so the host's work on a chunk (unpacking, one callback per token) overlaps the device
+computing the next. Per chunk, one array of tokens, or with telemetry two arrays of
+``O(CHUNK * (L * H + capacity))`` numbers, leave the device.
 
 Compiled programs are module-level ``jax.jit`` functions keyed by the model's graph and the
 shapes (batch, prompt bucket, capacity); a second ``generate`` of the same shapes compiles
@@ -45,7 +55,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from model.attention import attention, head_stats, pool_max
+from model.attention import cached_attention, head_stats, pool_max
 from model.kv_cache import KVCache
 from model.qwen3_vl import Prompt, Qwen3VL, causal_mask, encode, merge, prepare_prompt, split
 from model.sampling import GREEDY, TOP_ALTERNATIVES, SamplingParams, sample, top_alternatives
@@ -55,6 +65,8 @@ from model.text import DecoderLayer
 MAP_SIZE = 128  # prefill attention map resolution (at most MAP_SIZE x MAP_SIZE)
 PROMPT_BUCKET = 32  # prompts are padded to a multiple of this many tokens
 CAPACITY_BUCKET = 128  # default cache capacities are multiples of this
+CHUNK = 32  # most decode steps per compiled call
+CHUNK_SECONDS = 0.02  # a chunk is sized to take about this long
 
 
 # --- device side: forward passes --------------------------------------------------------
@@ -97,30 +109,50 @@ def prefill_forward(m: Qwen3VL, embeds, deepstack, positions, length, vision, se
     return m.head(last), k, v, obs
 
 
-def step_forward(m: Qwen3VL, layer_weights, cache: KVCache, tokens, deltas, selection=None):
-    """One decode step: ``tokens [B]`` (each row's newest token) enter at cache index
-    ``cache.length``. ``layer_weights`` are the decoder layers' parameters one layer at a
-    time (``unstack_layers``). Returns logits ``[B, V]``, the updated cache and the
-    observations (``{"rows": [L, H, C]}``; ``None`` without a ``selection``).
+def step_forward(
+    m: Qwen3VL, layer_weights, cache: KVCache, recent: KVCache, tokens, deltas, selection=None
+):
+    """One decode step: ``tokens [B]`` (each row's newest token) enter at position
+    ``cache.length + recent.length``. ``cache`` holds the tokens before the chunk and is only
+    read; this step's keys and values are written to ``recent``, the chunk's own cache.
+    ``layer_weights`` are the decoder layers' parameters one layer at a time
+    (``unstack_layers``). Returns logits ``[B, V]``, the updated ``recent`` and the
+    observations (``{"rows": [L, H, C]}``, the watched row's attention over the positions of
+    ``cache``; ``None`` without a ``selection``).
 
     The layers run as an unrolled Python loop over per-layer weights and cache buffers:
     slicing stacked arrays inside a compiled loop would copy them every step.
     """
-    pos = cache.length
+    start = cache.length
+    pos = start + recent.length
     x = m.language_model.embed_tokens(tokens)[:, None]  # [B, 1, D]
     cos, sin = m.cos_sin(jnp.broadcast_to((pos + deltas)[None, :, None], (3, len(deltas), 1)))
-    mask = (jnp.arange(cache.capacity) <= pos)[None, None, :]  # [1, 1, C]
+    before = jnp.arange(cache.capacity) < start  # [C]
+    so_far = jnp.arange(recent.capacity) <= recent.length  # [S]
     rows = []
     for index, layer in enumerate(layer_modules(m, layer_weights)):
         q, k, v = layer.qkv(x, cos, sin)
-        cache = cache.write_token(index, k, v)
-        out, probs = attention(q, cache.k[index], cache.v[index], mask)
+        recent = recent.write_token(index, k, v)
+        out, probs = cached_attention(
+            q,
+            (
+                (cache.k[index], cache.v[index], before),
+                (recent.k[index], recent.v[index], so_far),
+            ),
+        )
         if selection is not None:
-            rows.append(probs[selection[0], :, 0])  # [H, C]
+            rows.append(probs[selection[0], :, 0])  # [H, C + S]
         x = layer.finish(x, out)
-    cache = dataclasses.replace(cache, length=pos + 1)
-    obs = {"rows": jnp.stack(rows)} if selection is not None else None
-    return m.head(m.language_model.norm(x[:, 0])), cache, obs
+    recent = dataclasses.replace(recent, length=recent.length + 1)
+    obs = None
+    if selection is not None:
+        # the chunk's slots belong at positions [start, start + S), where the main cache's
+        # slots are masked (weight 0): put them there
+        rows = jnp.stack(rows)  # [L, H, C + S]
+        c, s = cache.capacity, recent.capacity
+        row = jnp.pad(rows[..., :c], ((0, 0), (0, 0), (0, s)))
+        obs = {"rows": jax.lax.dynamic_update_slice(row, rows[..., c:], (0, 0, start))[..., :c]}
+    return m.head(m.language_model.norm(x[:, 0])), recent, obs
 
 
 def layer_modules(m: Qwen3VL, layer_weights) -> list[DecoderLayer]:
@@ -140,17 +172,33 @@ def unstack_layers(graph, weights) -> list[list[jax.Array]]:
 
 
 def _token_telemetry(obs, vision, tokens, logp, selection, cache_len, position):
-    """The watched row's telemetry packed into ``(floats, ints)``, two arrays, because each
-    array fetched costs the host a fixed overhead (see ``_unpack`` for the layout)."""
+    """The watched row's telemetry of one step packed into ``(floats, ints)``, two arrays,
+    because each array fetched costs the host a fixed overhead: ``floats`` are the
+    ``HeadStats.METRICS`` ``[4 * L * H]``, the selected head's row ``[C]`` and the
+    log-probabilities ``[V]``; ``ints`` the argmax ``[L * H]``, every row's token ``[B]``, the
+    cache length and the query's position (t, h, w). ``_alternatives`` then replaces the
+    log-probabilities (see ``_Unpacked`` for the final layout)."""
     sample, layer, head = selection
     rows = obs["rows"]  # [L, H, Tk]
     stats = head_stats(rows, vision[sample])
-    top_ids, top_probs = top_alternatives(logp[sample])
-    prob = jnp.exp(logp[sample, tokens[sample]])
-    floats = [stats[k].ravel() for k in HeadStats.METRICS]
-    floats += [rows[layer, head], prob[None], top_probs]
-    ints = [stats["argmax"].ravel(), tokens, top_ids, jnp.stack([cache_len, *position])]
+    floats = [stats[k].ravel() for k in HeadStats.METRICS] + [rows[layer, head], logp[sample]]
+    ints = [stats["argmax"].ravel(), tokens, jnp.stack([cache_len, *position])]
     return jnp.concatenate(floats), jnp.concatenate([i.astype(jnp.int32) for i in ints])
+
+
+def _alternatives(floats, ints, selection, vocab: int, batch: int):
+    """``_token_telemetry``'s arrays stacked per step, ``[n, ...]``, with each step's
+    log-probabilities replaced by the sampled token's probability and the top-5 alternatives
+    (one top-k for all steps: per step inside the decode loop it costs as much again as the
+    rest of the telemetry)."""
+    logp = floats[:, -vocab:]
+    n = ints.shape[1] - batch - 4  # L * H
+    token = jax.lax.dynamic_slice_in_dim(ints, n + selection[0], 1, axis=1)  # [n, 1]
+    prob = jnp.exp(jnp.take_along_axis(logp, token, axis=1, mode="clip"))
+    top_ids, top_probs = top_alternatives(logp)
+    floats = jnp.concatenate([floats[:, :-vocab], prob, top_probs], axis=1)
+    ints = jnp.concatenate([ints[:, : n + batch], top_ids, ints[:, n + batch :]], axis=1)
+    return floats, ints
 
 
 @functools.partial(jax.jit, static_argnums=0, static_argnames="telemetry", donate_argnames="cache")
@@ -167,25 +215,65 @@ def _prefill(
     if not telemetry:
         return cache, tokens, None
     position = jax.lax.dynamic_index_in_dim(positions[:, selection[0]], length - 1, 1, False)
-    tel = _token_telemetry(obs, vision, tokens, logp, selection, length, position)
+    floats, ints = _token_telemetry(obs, vision, tokens, logp, selection, length, position)
+    tel = _alternatives(floats[None], ints[None], selection, logp.shape[-1], len(tokens))
     return cache, tokens, (*tel, pool_max(obs["map"], length, MAP_SIZE))
 
 
+def _telemetry_sizes(cfg, batch: int, capacity: int) -> tuple[int, int]:
+    """Lengths of ``_token_telemetry``'s ``(floats, ints)``."""
+    n = cfg.num_hidden_layers * cfg.num_attention_heads
+    return 4 * n + capacity + cfg.vocab_size, n + batch + 4
+
+
 @functools.partial(jax.jit, static_argnums=0, static_argnames="telemetry", donate_argnames="cache")
-def _step(
-    graph, weights, layer_weights, cache, tokens, deltas, key, step, params, selection, *,
-    telemetry,
+def _decode(
+    graph, weights, layer_weights, cache, tokens, finished, deltas, eos, key, start, count,
+    params, selection, *, telemetry,
 ):  # fmt: skip
+    """Decode steps ``start, start + 1, ...``: ``count`` of them (``1 <= count <= CHUNK``,
+    at most the cache's free slots), fewer once every row has finished (sampled one of
+    ``eos [E]``; ``finished [B]`` on entry). Returns the cache, the newest ``tokens [B]``,
+    ``finished [B]`` and the chunk's results stacked per step, tokens of steps not run -1:
+    ``tokens [CHUNK, B]`` or, with telemetry, ``(floats [CHUNK, F], ints [CHUNK, I])``
+    (``_alternatives``)."""
     m = merge(graph, weights)
-    pos = cache.length
-    sel = selection if telemetry else None
-    logits, cache, obs = step_forward(m, layer_weights, cache, tokens, deltas, sel)
-    tokens, logp = sample(jax.random.fold_in(key, step), logits, params)
-    if not telemetry:
-        return cache, tokens, None
-    position = jnp.broadcast_to(pos + deltas[selection[0]], (3,))
-    tel = _token_telemetry(obs, cache.vision, tokens, logp, selection, pos + 1, position)
-    return cache, tokens, tel
+    text = m.config.text
+    batch = tokens.shape[0]
+    recent = KVCache.create(text, batch, min(CHUNK, cache.capacity), cache.k[0].dtype)
+    if telemetry:
+        sizes = _telemetry_sizes(text, batch, cache.capacity)
+        results = (
+            jnp.zeros((CHUNK, sizes[0]), jnp.float32),
+            jnp.full((CHUNK, sizes[1]), -1, jnp.int32),
+        )
+    else:
+        results = (jnp.full((CHUNK, batch), -1, jnp.int32),)
+
+    def step(carry):
+        recent, tokens, finished, results = carry
+        i = recent.length
+        pos = cache.length + i
+        sel = selection if telemetry else None
+        logits, recent, obs = step_forward(m, layer_weights, cache, recent, tokens, deltas, sel)
+        tokens, logp = sample(jax.random.fold_in(key, start + i), logits, params)
+        finished = finished | (tokens[:, None] == eos).any(-1)
+        row = (tokens,)
+        if telemetry:
+            position = jnp.broadcast_to(pos + deltas[selection[0]], (3,))
+            row = _token_telemetry(obs, cache.vision, tokens, logp, selection, pos + 1, position)
+        results = tuple(r.at[i].set(x.astype(r.dtype)) for r, x in zip(results, row, strict=True))
+        return recent, tokens, finished, results
+
+    def running(carry):
+        recent, _, finished, _ = carry
+        return (recent.length < count) & ~finished.all()
+
+    carry = (recent, tokens, finished, results)
+    recent, tokens, finished, results = jax.lax.while_loop(running, step, carry)
+    if telemetry:
+        results = _alternatives(*results, selection, text.vocab_size, batch)
+    return cache.append(recent), tokens, finished, results
 
 
 # --- host side ----------------------------------------------------------------------------
@@ -228,7 +316,7 @@ class TokenTelemetry:
     position: tuple[int, int, int]  # mRoPE (t, h, w) of the query
     stats: HeadStats
     attn_row: np.ndarray  # [cache_len] float32, the selected (layer, head) over the context
-    elapsed_ms: float  # wall time of this step (between results of consecutive steps)
+    elapsed_ms: float  # wall time of this step: its chunk's wall time / the chunk's steps
     tokens: np.ndarray  # [B] int32 this step's token of every row
     finished: np.ndarray  # [B] bool: the row had stopped before this step (token discarded)
 
@@ -277,23 +365,38 @@ def _repeat_rows(prompt: Prompt, n: int) -> Prompt:
     )
 
 
-def _unpack(floats: np.ndarray, ints: np.ndarray, layers: int, heads: int, batch: int) -> dict:
-    """Host views of ``_token_telemetry``'s packed arrays."""
-    n = layers * heads
-    k = TOP_ALTERNATIVES
-    grids = floats[: 4 * n].reshape(4, layers, heads)
-    stats = HeadStats(*grids, argmax=ints[:n].reshape(layers, heads))
-    tail = ints[n + batch + k :]
-    return {
-        "stats": stats,
-        "row": floats[4 * n : -1 - k],
-        "prob": float(floats[-1 - k]),
-        "top_probs": floats[-k:],
-        "tokens": ints[n : n + batch],
-        "top_ids": ints[n + batch : n + batch + k],
-        "cache_len": int(tail[0]),
-        "position": tuple(int(p) for p in tail[1:4]),
-    }
+class _Unpacked:
+    """Host views of the packed telemetry arrays stacked per step, ``floats [n, F]`` and
+    ``ints [n, I]`` (``_token_telemetry``, then ``_alternatives``), split once per chunk:
+    a view or a number per step and field."""
+
+    def __init__(self, floats: np.ndarray, ints: np.ndarray, layers: int, heads: int, batch: int):
+        n, k = layers * heads, TOP_ALTERNATIVES
+        grids = floats[:, : 4 * n].reshape(-1, 4, layers, heads).swapaxes(0, 1)
+        self.metrics = [list(grid) for grid in grids]  # HeadStats.METRICS, [n] x [L, H] each
+        self.argmax = list(ints[:, :n].reshape(-1, layers, heads))
+        self.rows = list(floats[:, 4 * n : -1 - k])
+        self.probs = floats[:, -1 - k].tolist()
+        self.top_probs = list(floats[:, -k:])
+        self.tokens = ints[:, n : n + batch]  # [n, B]
+        self.top_ids = list(ints[:, n + batch : n + batch + k])
+        self.tails = ints[:, n + batch + k :].tolist()  # cache length, t, h, w
+
+    def stats(self, j: int) -> HeadStats:
+        return HeadStats(*(metric[j] for metric in self.metrics), argmax=self.argmax[j])
+
+    def token(self, j: int, step: int, sel, finished: np.ndarray, elapsed_ms: float):
+        """Step ``j``'s ``TokenTelemetry``; ``sel`` the selection ``[sample, layer, head]``."""
+        sample, layer, head = sel
+        cache_len, t, h, w = self.tails[j]
+        tokens = self.tokens[j]
+        return TokenTelemetry(
+            step=step, sample=sample, layer=layer, head=head, token_id=int(tokens[sample]),
+            prob=self.probs[j], top_ids=self.top_ids[j], top_probs=self.top_probs[j],
+            cache_len=cache_len, position=(t, h, w), stats=self.stats(j),
+            attn_row=self.rows[j][:cache_len], elapsed_ms=elapsed_ms, tokens=tokens,
+            finished=finished,
+        )  # fmt: skip
 
 
 def _clamp_selection(selection, batch: int, m: Qwen3VL) -> np.ndarray:
@@ -335,10 +438,11 @@ def generate(
     With ``telemetry`` on, ``on_prefill`` and ``on_step`` receive host-side telemetry of the
     watched row (``PrefillTelemetry`` once, then one ``TokenTelemetry`` per token, in order).
     ``control`` (optional) is read for the watched ``selection = (sample, layer, head)``
-    before the prefill and before every decode step, and ``control.gate()`` is called before
-    every decode step: it blocks while paused and stops generation once it returns False.
-    While paused, the last computed step is delivered before waiting, so the caller sees
-    every step the device has run.
+    before the prefill and before every chunk of decode steps, and ``control.gate()`` is
+    called before every chunk: it blocks while paused and stops generation once it returns
+    False. While paused, every chunk is one step (a single step granted by
+    ``control.step_once()`` decodes one token), and the last computed chunk is delivered
+    before waiting, so the caller sees every step the device has run.
     """
     if max_new_tokens < 1:
         raise ValueError("max_new_tokens must be >= 1")
@@ -384,70 +488,80 @@ def generate(
     lengths = np.zeros(batch, np.int32)
     finished = np.zeros(batch, bool)
 
-    def record(step: int, step_tokens: np.ndarray) -> np.ndarray:
-        """Store one step's tokens; returns which rows had stopped before it."""
-        before = finished.copy()
-        out[~before, step] = step_tokens[~before]
-        lengths[~before] = step + 1
-        finished[~before & np.isin(step_tokens, eos)] = True
+    def record(first: int, new: np.ndarray) -> np.ndarray:
+        """Store the tokens ``new [n, B]`` of steps ``first, first + 1, ...``; returns which
+        rows had stopped before each of those steps, ``[n, B]``."""
+        ended = finished | np.logical_or.accumulate(np.isin(new, eos), axis=0)
+        before = np.concatenate([finished[None], ended[:-1]])
+        np.copyto(out[:, first : first + len(new)], new.T, where=~before.T)
+        lengths[:] += (~before).sum(0, dtype=np.int32)
+        finished[:] = ended[-1]
         return before
 
-    before = record(0, host_tokens)
+    before = record(0, host_tokens[None])[0]
     if telemetry:
-        values = _unpack(tel[0], tel[1], *shape)
-        s, r = int(sel[0]), min(length, MAP_SIZE)
+        values = _Unpacked(tel[0], tel[1], *shape)
+        sel = sel.tolist()
+        s, r = sel[0], min(length, MAP_SIZE)
         if on_prefill:
             on_prefill(
                 PrefillTelemetry(
-                    sample=s, layer=int(sel[1]), head=int(sel[2]), stats=values["stats"],
+                    sample=s, layer=sel[1], head=sel[2], stats=values.stats(0),
                     attn_map=tel[2][:r, :r], positions=prompt.positions[:, s, :length],
                     prompt_length=length, cache_capacity=capacity, vision_norm=float(norms[0]),
                     text_norm=float(norms[1]), elapsed_ms=elapsed_ms,
                 )
             )  # fmt: skip
         if on_step:
-            on_step(_token(0, sel, values, before, elapsed_ms))
+            on_step(values.token(0, 0, sel, before, elapsed_ms))
 
     decode_start = last = now
-    pending = None  # (step, selection, device results) dispatched, not yet fetched
+    step_seconds = None  # measured wall time per decode step
+    steps = 0
+    pending = None  # (first step, selection, device results) dispatched, not yet fetched
 
     def flush():
-        nonlocal last, pending
-        step, step_sel, results = pending
+        nonlocal last, pending, step_seconds, steps
+        first, sel, results = pending
         pending = None
         results = [np.asarray(a) for a in results]
         now = time.perf_counter()
-        ms, last = (now - last) * 1e3, now
-        if finished.all():
-            return  # a step dispatched before the last row's EOS was seen
-        if not telemetry:
-            record(step, results[0])
-            return
-        values = _unpack(*results, *shape)
-        before = record(step, values["tokens"])
-        if on_step:
-            on_step(_token(step, step_sel, values, before, ms))
+        values = _Unpacked(*results, *shape) if telemetry else None
+        new = values.tokens if telemetry else results[0]
+        n = int(np.count_nonzero(new[:, 0] >= 0))
+        if n == 0:
+            return  # dispatched before the last row's EOS was seen: nothing ran
+        step_seconds, last = (now - last) / n, now
+        steps += n
+        before = record(first, new[:n])
+        if on_step and telemetry:
+            sel = sel.tolist()
+            for j in range(n):
+                on_step(values.token(j, first + j, sel, before[j], step_seconds * 1e3))
 
-    steps = 0
-    for step in range(1, max_new_tokens):
-        if finished.all():
-            break
+    done = finished.copy()
+    step = 1
+    while step < max_new_tokens and not finished.all():
         if control is not None:
             if control.paused and pending:
                 flush()
             if not control.gate():
                 break
+        if (control is not None and control.paused) or step_seconds is None:
+            count = 1
+        else:
+            count = min(max(int(CHUNK_SECONDS / step_seconds), 1), CHUNK)
+        count = min(count, max_new_tokens - step)
         sel = selection()
-        cache, tokens, tel = _step(
-            graph, weights, layer_weights, cache, tokens, prompt.deltas, key, np.int32(step),
-            params, sel, telemetry=telemetry,
+        cache, tokens, done, results = _decode(
+            graph, weights, layer_weights, cache, tokens, done, prompt.deltas, eos, key,
+            np.int32(step), np.int32(count), params, sel, telemetry=telemetry,
         )  # fmt: skip
-        results = tel if telemetry else (tokens,)
         _to_host_async(results)
-        steps += 1
         if pending:
             flush()
         pending = (step, sel, results)
+        step += count
     if pending:
         flush()
     return Generation(
@@ -456,25 +570,4 @@ def generate(
         prompt_length=length,
         steps=steps,
         decode_seconds=last - decode_start,
-    )
-
-
-def _token(step: int, sel, values: dict, finished: np.ndarray, elapsed_ms: float):
-    cache_len = values["cache_len"]
-    return TokenTelemetry(
-        step=step,
-        sample=int(sel[0]),
-        layer=int(sel[1]),
-        head=int(sel[2]),
-        token_id=int(values["tokens"][sel[0]]),
-        prob=values["prob"],
-        top_ids=values["top_ids"],
-        top_probs=values["top_probs"],
-        cache_len=cache_len,
-        position=values["position"],
-        stats=values["stats"],
-        attn_row=values["row"][:cache_len],
-        elapsed_ms=elapsed_ms,
-        tokens=values["tokens"],
-        finished=finished,
     )

@@ -1,14 +1,14 @@
 """Where the time of one decode step goes.
 
-The decode step is one fused XLA program, so it cannot be taken apart while it runs. Each
+The decode step runs inside one fused XLA program, so it cannot be taken apart. Each
 stage is instead run alone, jitted, at the step's shapes (batch, cache capacity) over all
 layers, and timed after a warm-up:
 
 - ``mrope``: cos/sin of the query's (t, h, w) position and rotating q and k;
 - ``qkv``: input RMSNorm, q/k/v projections and the per-head q/k RMSNorms;
-- ``attention``: scores over the whole cache capacity, softmax, weighted sum of the values
-  and the output projection;
-- ``kv_write``: writing the step's keys and values into the cache;
+- ``attention``: scores over the whole cache capacity and the chunk's own slots
+  (``model.decode``), softmax, weighted sum of the values and the output projection;
+- ``kv_write``: writing the step's keys and values into the chunk's cache;
 - ``sample``: final norm, LM head and choosing the token.
 
 The MLPs are no stage of ``StepProfile.STAGES``; their time is the rest of the step.
@@ -16,6 +16,7 @@ The MLPs are no stage of ``StepProfile.STAGES``; their time is the rest of the s
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import statistics
 import time
@@ -24,8 +25,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from model.attention import attention
-from model.decode import layer_modules, unstack_layers
+from model.attention import cached_attention
+from model.decode import CHUNK, layer_modules, unstack_layers
+from model.kv_cache import KVCache
 from model.qwen3_vl import Qwen3VL, merge, split
 from model.rope import apply_rotary
 from model.sampling import GREEDY, SamplingParams, sample
@@ -45,21 +47,29 @@ def _qkv(graph, weights, layer_weights, x):
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _attention(graph, weights, layer_weights, q, ks, vs, length):
-    mask = (jnp.arange(ks[0].shape[2]) < length)[None, None, :]
+def _attention(graph, weights, layer_weights, q, cache: KVCache, recent: KVCache):
+    """The decode's attention: over ``cache`` up to its length and the chunk's ``recent``."""
+    before = jnp.arange(cache.capacity) < cache.length
+    so_far = jnp.arange(recent.capacity) <= recent.length
     layers = layer_modules(merge(graph, weights), layer_weights)
     outs = []
-    for layer, k, v in zip(layers, ks, vs, strict=True):
-        out, _ = attention(q, k, v, mask)
+    for index, layer in enumerate(layers):
+        out, _ = cached_attention(
+            q,
+            (
+                (cache.k[index], cache.v[index], before),
+                (recent.k[index], recent.v[index], so_far),
+            ),
+        )
         outs.append(layer.self_attn.o_proj(out.reshape(*q.shape[:2], -1)))
     return outs
 
 
-@functools.partial(jax.jit, donate_argnums=(0, 1))
-def _kv_write(ks, vs, k, v, pos):
-    start = (0, 0, pos, 0)
-    update = jax.lax.dynamic_update_slice
-    return [update(b, k, start) for b in ks], [update(b, v, start) for b in vs]
+@functools.partial(jax.jit, donate_argnums=0)
+def _kv_write(recent: KVCache, k, v):
+    for index in range(len(recent.k)):
+        recent = recent.write_token(index, k, v)
+    return recent
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -113,21 +123,26 @@ def _measure(graph, weights, m, batch, capacity, sampling, repeats) -> dict[str,
     x = normal(batch, 1, t.hidden_size)
     q, k, v = normal(batch, 1, hq, hd), normal(batch, hkv, 1, hd), normal(batch, hkv, 1, hd)
     q_all, k_all = normal(nl, batch, 1, hq, hd), normal(nl, batch, 1, hkv, hd)
-    ks = [normal(batch, hkv, capacity, hd) for _ in range(nl)]
-    vs = [normal(batch, hkv, capacity, hd) for _ in range(nl)]
-    pos = np.int32(capacity // 2)
-    written = [[jnp.zeros_like(b) for b in ks], [jnp.zeros_like(b) for b in vs]]
+    cache = KVCache(
+        k=tuple(normal(batch, hkv, capacity, hd) for _ in range(nl)),
+        v=tuple(normal(batch, hkv, hd, capacity) for _ in range(nl)),
+        vision=jnp.zeros((batch, capacity), bool),
+        length=jnp.int32(capacity // 2),
+    )
+    size = min(CHUNK, capacity)
+    recent = KVCache.create(t, batch, size, m.dtype)
+    written = [dataclasses.replace(recent, length=jnp.int32(size // 2))]
 
     def write():  # the buffers are donated and replaced by each write
-        written[:] = _kv_write(*written, k, v, pos)
-        return written
+        written[0] = _kv_write(written[0], k, v)
+        return written[0]
 
     params = sampling.arrays()
     return {
         "mrope": _median_ms(lambda: _mrope(graph, weights, positions, q_all, k_all), repeats),
         "qkv": _median_ms(lambda: _qkv(graph, weights, layer_weights, x), repeats),
         "attention": _median_ms(
-            lambda: _attention(graph, weights, layer_weights, q, ks, vs, pos), repeats
+            lambda: _attention(graph, weights, layer_weights, q, cache, recent), repeats
         ),
         "kv_write": _median_ms(write, repeats),
         "sample": _median_ms(

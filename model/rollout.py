@@ -5,8 +5,9 @@
 ``PrefillEvent``; ``PhaseEvent`` decode start; one ``DecodeEvent`` per token of the watched
 sample; ``PhaseEvent`` decode end; a ``StepProfile`` of the decode step's stages.
 The viewer steers it through ``control`` (``RolloutControl``): the watched
-``(sample, layer, head)`` is read before every decode step and passed to the compiled step,
-and ``control.gate()`` before every decode step pauses, single-steps or stops it.
+``(sample, layer, head)`` is read before every chunk of decode steps and passed to the
+compiled decode, and ``control.gate()`` before every chunk pauses, single-steps (a chunk of
+one step) or stops it (``model.decode``).
 
 Its parts serve other rollouts too (the GRPO loop in ``model.rl.live``): ``run_info`` builds
 the ``RunInfo``, ``sample_watched`` decodes a group of samples of one prompt and publishes
@@ -76,11 +77,11 @@ class _TokenTexts:
         self._cache: dict[int, str] = {}
 
     def __call__(self, ids) -> tuple[str, ...]:
-        ids = [int(i) for i in np.asarray(ids).ravel()]
+        ids = np.asarray(ids).ravel().tolist()
         missing = sorted({i for i in ids if i not in self._cache})
         if missing:
             self._cache.update(zip(missing, self._processor.token_texts(missing), strict=True))
-        return tuple(self._cache[i] for i in ids)
+        return tuple(map(self._cache.__getitem__, ids))
 
 
 def run_info(

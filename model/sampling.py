@@ -74,6 +74,7 @@ def sample(key, logits: jax.Array, params) -> tuple[jax.Array, jax.Array]:
 
 
 def top_alternatives(logp: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """The ``TOP_ALTERNATIVES`` most likely ids ``[k]`` int32 and probabilities of ``logp [V]``."""
+    """The ``TOP_ALTERNATIVES`` most likely ids ``[..., k]`` int32 and their probabilities,
+    of the log-probabilities ``logp [..., V]``."""
     values, ids = jax.lax.top_k(logp, TOP_ALTERNATIVES)
     return ids.astype(jnp.int32), jnp.exp(values)

@@ -103,7 +103,7 @@ class DecodeEvent:
     layer: int
     head: int
     attn_row: np.ndarray  # [cache_len] float32, selected (layer, head) over the context
-    elapsed_ms: float  # wall time of this decode step
+    elapsed_ms: float  # wall time of this decode step (of its chunk, per step)
     done: bool  # the watched sample stopped (EOS or length) at this token
 
 
@@ -241,8 +241,9 @@ class RolloutControl:
             self._cond.notify_all()
 
     def gate(self) -> bool:
-        """Called by the rollout before each decode step: blocks while paused (unless a
-        single step was granted) and returns False once stop was requested."""
+        """Called by the rollout before each decode step or chunk of steps (one step while
+        paused): blocks while paused (unless a single step was granted) and returns False
+        once stop was requested."""
         with self._cond:
             while self._paused and self._steps == 0 and not self._stopped:
                 self._cond.wait()

@@ -16,8 +16,8 @@
   update's metrics cover all ``P * G`` answers.
 
 ``control`` is honoured as in inference: ``control.selection`` picks the watched
-(sample, layer, head), ``control.gate()`` runs before every decode step (pause, single step)
-and a stop ends the loop before the next update.
+(sample, layer, head), ``control.gate()`` runs before every chunk of decode steps (pause,
+single step) and a stop ends the loop before the next update.
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
 """The KV-cache decoder: equal to the full forward, telemetry equal to the full attention
-weights, no recompilation when the watched selection or the sampling parameters change."""
+weights, no recompilation when the watched selection, the sampling parameters or the chunk
+length change, and the control's pause, single step and stop."""
 
 import functools
 
@@ -8,11 +9,12 @@ import numpy as np
 import pytest
 
 from model.decode import (
+    CHUNK,
     MAP_SIZE,
     PROMPT_BUCKET,
+    _decode,
     _pad_prompt,
     _prefill,
-    _step,
     generate,
     prefill_forward,
     step_forward,
@@ -35,9 +37,16 @@ def _prefill_logits(graph, weights, cache, embeds, deepstack, positions, length,
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _step_logits(graph, weights, layer_weights, cache, tokens, deltas):
-    logits, cache, _ = step_forward(merge(graph, weights), layer_weights, cache, tokens, deltas)
-    return logits, cache
+def _chunk_logits(graph, weights, layer_weights, cache, tokens, deltas):
+    """Teacher-forced decode steps of ``tokens [B, n]`` as one chunk: logits ``[n, B, V]``
+    and the cache with the chunk appended."""
+    m = merge(graph, weights)
+    recent = KVCache.create(m.config.text, tokens.shape[0], tokens.shape[1], m.dtype)
+    logits = []
+    for i in range(tokens.shape[1]):
+        step_logits, recent, _ = step_forward(m, layer_weights, cache, recent, tokens[:, i], deltas)
+        logits.append(step_logits)
+    return jax.numpy.stack(logits), cache.append(recent)
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -84,9 +93,12 @@ def test_cached_decode_equals_full_forward(tiny_model, reference, with_image):
         prompt.image_mask,
     )  # fmt: skip
     np.testing.assert_allclose(np.asarray(logits)[0], full[length - 1], atol=1e-5)
-    for i in range(n - 1):
-        logits, cache = _step_logits(graph, weights, layers, cache, new[:, i], prompt.deltas)
-        np.testing.assert_allclose(np.asarray(logits)[0], full[length + i], atol=1e-5)
+    for i in range(0, n - 1, 3):  # chunks of 3, 3 and 1 steps
+        chunk = new[:, i : min(i + 3, n - 1)]
+        logits, cache = _chunk_logits(graph, weights, layers, cache, chunk, prompt.deltas)
+        np.testing.assert_allclose(
+            np.asarray(logits)[:, 0], full[length + i : length + i + chunk.shape[1]], atol=1e-5
+        )
 
 
 def _softmax(x):
@@ -183,7 +195,7 @@ def test_prefill_map_is_pooled_to_map_size(tiny_model):
 def test_moving_selection_or_sampling_never_recompiles(tiny_model, reference):
     ids = reference["text_ids"]
     generate(tiny_model, ids, max_new_tokens=4, num_samples=2)  # compile this shape
-    compiled = _step._cache_size(), _prefill._cache_size()
+    compiled = _decode._cache_size(), _prefill._cache_size()
     control = RolloutControl()
     for i, sampling in enumerate([SamplingParams(), SamplingParams(1.0, 3, 0.5)]):
         control.select(i, 2 - i, 3 - i)
@@ -191,7 +203,7 @@ def test_moving_selection_or_sampling_never_recompiles(tiny_model, reference):
             tiny_model, ids, max_new_tokens=6, num_samples=2, sampling=sampling, seed=i,
             control=control, on_step=lambda t: control.select(t.step % 2, t.step % 3, t.step % 4),
         )  # fmt: skip
-    assert (_step._cache_size(), _prefill._cache_size()) == compiled
+    assert (_decode._cache_size(), _prefill._cache_size()) == compiled
 
 
 def test_eos_stops_a_row_and_pads_it(tiny_model, reference):
@@ -203,7 +215,7 @@ def test_eos_stops_a_row_and_pads_it(tiny_model, reference):
     assert gen.lengths[0] == first + 1
     np.testing.assert_array_equal(gen.tokens[0, : first + 1], greedy[: first + 1])
     assert (gen.tokens[0, first + 1 :] == eos).all()
-    assert gen.steps <= first + 1  # stopped early (one step in flight at most)
+    assert gen.steps == first  # the device stopped at the EOS
 
 
 def test_stop_request_ends_generation(tiny_model, reference):
@@ -215,8 +227,40 @@ def test_stop_request_ends_generation(tiny_model, reference):
         if t.step == 2:
             control.stop()
 
-    generate(tiny_model, reference["text_ids"], max_new_tokens=20, control=control, on_step=on_step)
-    assert seen[-1] <= 3 and seen == list(range(len(seen)))
+    n = 3 * CHUNK
+    generate(tiny_model, reference["text_ids"], max_new_tokens=n, control=control, on_step=on_step)
+    # the chunk already dispatched when step 2 arrived is the last one
+    assert seen[-1] <= 2 + CHUNK and seen == list(range(len(seen)))
+
+
+def test_paused_decode_runs_one_step_per_grant(tiny_model, reference):
+    """While paused every granted step decodes exactly one token, with the selection made
+    before the grant; the result is the one of an unpaused run."""
+    layers = tiny_model.config.text.num_hidden_layers
+    control = RolloutControl()
+    control.set_paused(True)
+    control.step_once()
+    seen = []
+
+    def on_step(t):
+        seen.append((t.step, t.layer, t.head))
+        control.select(0, (t.step + 1) % layers, (t.step + 1) % 2)
+        control.step_once()
+
+    ids = reference["text_ids"]
+    gen = generate(tiny_model, ids, max_new_tokens=6, control=control, on_step=on_step)
+    assert seen == [(s, s % layers, s % 2) for s in range(6)]
+    np.testing.assert_array_equal(gen.tokens, generate(tiny_model, ids, max_new_tokens=6).tokens)
+
+
+def test_tokens_do_not_depend_on_capacity(tiny_model, reference):
+    """A cache with no room to spare (the last chunks are appended where they fit) decodes
+    the same tokens as a roomy one, in several chunks."""
+    ids = reference["text_ids"]
+    n = 2 * CHUNK
+    tight = generate(tiny_model, ids, max_new_tokens=n, capacity=ids.shape[1] + n - 1)
+    roomy = generate(tiny_model, ids, max_new_tokens=n, capacity=4 * CHUNK + 128)
+    np.testing.assert_array_equal(tight.tokens, roomy.tokens)
 
 
 def test_sampling_is_seeded_and_top_k_one_is_greedy(tiny_model, reference):
