@@ -1,5 +1,6 @@
-"""Scaled dot-product attention that also returns its weights, and the telemetry reductions
-of those weights (computed on the device, so only small summaries leave it).
+"""Scaled dot-product attention that also returns its weights, causal attention over a
+long sequence in blocks of queries, and the telemetry reductions of those weights (computed
+on the device, so only small summaries leave it).
 
 Grouped-query attention: query head ``h`` reads KV head ``h // (Hq / Hkv)``.
 """
@@ -10,6 +11,7 @@ import jax
 import jax.numpy as jnp
 
 NEG_INF = jnp.finfo(jnp.float32).min
+QUERY_BLOCK = 64  # most queries per block of causal_attention (its scores stay in cache)
 
 
 def attention(
@@ -21,15 +23,63 @@ def attention(
     ``mask [B, Tq, Tk]`` (True = may attend).
     Returns ``out [B, Tq, Hq, D]`` (dtype of ``q``) and ``probs [B, Hq, Tq, Tk]`` float32.
     Scores are taken in the inputs' dtype and the softmax in float32, as transformers does.
+
+    One query (a decode step) is a product with every cache slot, written as a multiply and
+    sum that XLA fuses into one pass over ``k`` and one over ``v``: as a dot, XLA CPU copies
+    or transposes the whole cache first, every step.
     """
     b, tq, hq, d = q.shape
     hkv = k.shape[1]
-    q = q.reshape(b, tq, hkv, hq // hkv, d)
-    scores = jnp.einsum("bqkgd,bksd->bkgqs", q, k) * jnp.asarray(d**-0.5, q.dtype)
+    q = jnp.moveaxis(q.reshape(b, tq, hkv, hq // hkv, d), 1, 3)  # [B, Hkv, G, Tq, D]
+    if tq == 1:
+        scores = _sum_of_products(q[..., None, :], k[:, :, None, None], -1)
+    else:
+        scores = jnp.einsum("bkgqd,bksd->bkgqs", q, k)
+    scores = scores * jnp.asarray(d**-0.5, q.dtype)
     scores = jnp.where(mask[:, None, None], scores.astype(jnp.float32), NEG_INF)
-    probs = jax.nn.softmax(scores, axis=-1)
-    out = jnp.einsum("bkgqs,bksd->bqkgd", probs.astype(v.dtype), v)
-    return out.reshape(b, tq, hq, d), probs.reshape(b, hq, tq, -1)
+    probs = jax.nn.softmax(scores, axis=-1)  # [B, Hkv, G, Tq, Tk]
+    weights = probs.astype(v.dtype)
+    if tq == 1:
+        out = _sum_of_products(weights[..., None], v[:, :, None, None], -2)
+    else:
+        out = jnp.einsum("bkgqs,bksd->bkgqd", weights, v)
+    return jnp.moveaxis(out, 3, 1).reshape(b, tq, hq, d), probs.reshape(b, hq, tq, -1)
+
+
+def _sum_of_products(a: jax.Array, b: jax.Array, axis: int) -> jax.Array:
+    """``(a * b).sum(axis)`` accumulated in float32 and returned in ``a``'s dtype, as a dot
+    of the two would be."""
+    f32 = jnp.float32
+    return (a.astype(f32) * b.astype(f32)).sum(axis).astype(a.dtype)
+
+
+def causal_attention(
+    q: jax.Array, k: jax.Array, v: jax.Array, observe=None, observed=None
+) -> tuple[jax.Array, object]:
+    """Causal ``attention`` of ``q [B, T, Hq, D]`` over ``k, v [B, Hkv, T, D]``, computed
+    for equal blocks of at most ``QUERY_BLOCK`` queries in turn, so that memory grows as
+    ``T x block``, not ``T x T``. Each block sees all its keys, so every row's softmax is
+    exact.
+
+    ``observe(observed, start, probs [B, Hq, Tb, T]) -> observed`` folds in the weights of
+    queries ``start .. start + Tb - 1`` (rows past ``T`` are padding) while they exist.
+    Returns ``out [B, T, Hq, D]`` and the final ``observed``.
+    """
+    b, t, hq, d = q.shape
+    n = -(-t // QUERY_BLOCK)
+    tb = -(-t // n)
+    blocks = jnp.pad(q, ((0, 0), (0, n * tb - t), (0, 0), (0, 0))).reshape(b, n, tb, hq, d)
+    keys = jnp.arange(t)
+
+    def block(obs, xs):
+        start, qb = xs
+        mask = keys <= (start + jnp.arange(tb))[:, None]  # [Tb, T]
+        out, probs = attention(qb, k, v, mask[None])
+        return (obs if observe is None else observe(obs, start, probs)), out
+
+    starts = jnp.arange(n) * tb
+    observed, out = jax.lax.scan(block, observed, (starts, jnp.moveaxis(blocks, 1, 0)))
+    return jnp.moveaxis(out, 0, 1).reshape(b, n * tb, hq, d)[:, :t], observed
 
 
 def head_stats(rows: jax.Array, vision: jax.Array) -> dict[str, jax.Array]:
@@ -52,17 +102,21 @@ def head_stats(rows: jax.Array, vision: jax.Array) -> dict[str, jax.Array]:
     }
 
 
-def pool_max(grid: jax.Array, length: jax.Array, size: int) -> jax.Array:
-    """Block-max pool the top-left ``[length, length]`` of ``grid [T, T]`` to ``[size, size]``.
+def pool_max(rows: jax.Array, start, length, size: int) -> jax.Array:
+    """Block-max pool rows ``start .. start + Tb - 1`` of an attention map, given as
+    ``rows [Tb, T]``, to ``[size, size]``; the map's top-left ``[length, length]`` counts.
 
     Index ``i < length`` falls in bin ``i * r // length`` with ``r = min(length, size)``, so
-    bins cover the map evenly; the maximum keeps a single strong weight visible. Only the
-    top-left ``[r, r]`` of the result is meaningful (the rest is 0).
+    bins cover the map evenly; the maximum keeps a single strong weight visible. The maximum
+    of the results over all blocks of rows is the pooled map; only its top-left ``[r, r]``
+    is meaningful (the rest is 0).
     """
-    n = grid.shape[0]
+    tb, t = rows.shape
     r = jnp.minimum(length, size)
-    idx = jnp.arange(n)
-    bins = jnp.where(idx < length, idx * r // jnp.maximum(length, 1), size)  # size = dropped
-    rows = jax.ops.segment_max(grid, bins, num_segments=size)  # [size, T]
-    pooled = jax.ops.segment_max(rows.T, bins, num_segments=size).T  # [size, size]
+
+    def bins(idx):  # size = dropped
+        return jnp.where(idx < length, idx * r // jnp.maximum(length, 1), size)
+
+    by_row = jax.ops.segment_max(rows, bins(start + jnp.arange(tb)), num_segments=size)
+    pooled = jax.ops.segment_max(by_row.T, bins(jnp.arange(t)), num_segments=size).T
     return jnp.maximum(pooled, 0.0)

@@ -6,8 +6,10 @@ Flow of ``generate``:
 1. ``prepare_prompt`` + ``encode`` (vision tower, embeddings) on the prompt, padded on the
    right to a multiple of ``PROMPT_BUCKET`` tokens (causal attention never reads the padding,
    and decode overwrites its cache slots), so prompts of similar length share one compile.
-2. ``_prefill``: the full forward over the prompt writes every layer's keys and values into
-   the cache; the first new token is sampled from the logits of the last prompt position.
+2. ``_prefill``: the full forward over the prompt (causal attention computed for one block
+   of queries at a time, so memory grows as ``T x block``, not ``T x T``) writes every
+   layer's keys and values into the cache; the first new token is sampled from the logits
+   of the last prompt position.
 3. ``_step`` per further token: feeds the newest token of every row, writes its keys and
    values at ``cache.length`` (``dynamic_update_slice`` on the donated per-layer cache
    buffers), attends over the whole capacity with a length mask, and samples the next token.
@@ -18,11 +20,11 @@ Telemetry (``telemetry=True``) for one watched batch row ``sample`` is computed 
 programs: per layer and query head ``[L, H]`` the max weight, entropy, vision mass, sink mass
 and argmax of the attention row of the newest query; the full row of the selected
 ``(layer, head)``; the sampled token's probability and the top-5 alternatives; the cache
-length and the query's mRoPE position. The prefill adds the selected head's whole
-``T x T`` map, block-max pooled on the device to at most ``MAP_SIZE x MAP_SIZE``. The
-selection ``(sample, layer, head)`` and the sampling parameters are traced arguments: changing
-them never recompiles. ``telemetry=False`` runs a separately compiled variant that computes
-none of it.
+length and the query's mRoPE position. The prefill adds the selected head's ``T x T`` map,
+block-max pooled on the device to at most ``MAP_SIZE x MAP_SIZE`` one block of queries at a
+time (no ``T x T`` array exists). The selection ``(sample, layer, head)`` and the sampling
+parameters are traced arguments: changing them never recompiles. ``telemetry=False`` runs a
+separately compiled variant that computes none of it.
 
 Host side: step ``n + 1`` is dispatched before step ``n``'s results are fetched, so copies
 to the host overlap the next step (JAX's asynchronous dispatch). Only ``O(L * H + capacity)``
@@ -47,7 +49,7 @@ from flax import nnx
 
 from model.attention import attention, head_stats, pool_max
 from model.kv_cache import KVCache
-from model.qwen3_vl import Prompt, Qwen3VL, causal_mask, encode, merge, prepare_prompt, split
+from model.qwen3_vl import Prompt, Qwen3VL, encode, merge, prepare_prompt, split
 from model.sampling import GREEDY, TOP_ALTERNATIVES, SamplingParams, sample, top_alternatives
 from model.telemetry import HeadStats, RolloutControl
 from model.text import DecoderLayer
@@ -60,26 +62,34 @@ CAPACITY_BUCKET = 128  # default cache capacities are multiples of this
 # --- device side: forward passes --------------------------------------------------------
 
 
-def _observer(num_layers: int, num_heads: int, selection, query, vision, with_map=False):
-    """``(observe, initial)`` for ``TextModel``'s prefill scan: keeps the attention rows
-    ``[L, H, Tk]`` of query index ``query`` of batch row ``sample``, and (``with_map``) the
-    selected ``(layer, head)``'s whole ``[Tq, Tk]`` map."""
+def _observer(num_layers: int, num_heads: int, selection, length, tk: int):
+    """``(observe, initial)`` for ``TextModel``'s prefill of a prompt padded to ``tk`` tokens:
+    of batch row ``sample`` (``selection = (sample, layer, head)``), keeps the attention rows
+    ``[L, H, tk]`` of the last real query ``length - 1``, and the selected ``(layer, head)``'s
+    ``[length, length]`` map block-max pooled to ``[MAP_SIZE, MAP_SIZE]`` (``pool_max``, block
+    of queries by block)."""
     sample, layer, head = selection
+    query = length - 1
 
-    def observe(obs, index, probs):  # probs [B, H, Tq, Tk]
-        new = {"rows": obs["rows"].at[index].set(probs[sample, :, query])}
-        if with_map:
-            new["map"] = jnp.where(index == layer, probs[sample, head], obs["map"])
-        return new
+    def observe(obs, index, start, probs):  # probs [B, H, Tb, Tk] of queries start + [0, Tb)
+        offset = query - start
+        inside = (offset >= 0) & (offset < probs.shape[2])
+        row = jax.lax.dynamic_index_in_dim(probs[sample], offset, axis=1, keepdims=False)
+        rows = obs["rows"].at[index].set(jnp.where(inside, row, obs["rows"][index]))
 
-    tk = vision.shape[0]
-    initial = {"rows": jnp.zeros((num_layers, num_heads, tk), jnp.float32)}
-    if with_map:
-        initial["map"] = jnp.zeros((tk, tk), jnp.float32)
+        def pool():
+            return jnp.maximum(obs["map"], pool_max(probs[sample, head], start, length, MAP_SIZE))
+
+        return {"rows": rows, "map": jax.lax.cond(index == layer, pool, lambda: obs["map"])}
+
+    initial = {
+        "rows": jnp.zeros((num_layers, num_heads, tk), jnp.float32),
+        "map": jnp.zeros((MAP_SIZE, MAP_SIZE), jnp.float32),
+    }
     return observe, initial
 
 
-def prefill_forward(m: Qwen3VL, embeds, deepstack, positions, length, vision, selection=None):
+def prefill_forward(m: Qwen3VL, embeds, deepstack, positions, length, selection=None):
     """Full forward of the padded prompt ``embeds [B, Tp, D]`` whose first ``length`` tokens
     are real. Returns logits ``[B, V]`` of position ``length - 1``, ``k, v [L, B, Hkv, Tp, hd]``
     and the telemetry observations (``None`` without a ``selection``)."""
@@ -87,12 +97,10 @@ def prefill_forward(m: Qwen3VL, embeds, deepstack, positions, length, vision, se
     observe, initial = None, None
     if selection is not None:
         observe, initial = _observer(
-            t.num_hidden_layers, t.num_attention_heads, selection, length - 1,
-            vision[selection[0]], with_map=True,
-        )  # fmt: skip
+            t.num_hidden_layers, t.num_attention_heads, selection, length, embeds.shape[1]
+        )
     cos, sin = m.cos_sin(positions)
-    mask = causal_mask(embeds.shape[1])
-    h, k, v, obs = m.language_model(embeds, cos, sin, mask, deepstack, observe, initial)
+    h, k, v, obs = m.language_model(embeds, cos, sin, deepstack, observe, initial)
     last = jax.lax.dynamic_index_in_dim(h, length - 1, axis=1, keepdims=False)
     return m.head(last), k, v, obs
 
@@ -160,7 +168,7 @@ def _prefill(
 ):  # fmt: skip
     m = merge(graph, weights)
     logits, k, v, obs = prefill_forward(
-        m, embeds, deepstack, positions, length, vision, selection if telemetry else None
+        m, embeds, deepstack, positions, length, selection if telemetry else None
     )
     cache = cache.write_prompt(k, v, vision, length)
     tokens, logp = sample(jax.random.fold_in(key, 0), logits, params)
@@ -168,7 +176,7 @@ def _prefill(
         return cache, tokens, None
     position = jax.lax.dynamic_index_in_dim(positions[:, selection[0]], length - 1, 1, False)
     tel = _token_telemetry(obs, vision, tokens, logp, selection, length, position)
-    return cache, tokens, (*tel, pool_max(obs["map"], length, MAP_SIZE))
+    return cache, tokens, (*tel, obs["map"])
 
 
 @functools.partial(jax.jit, static_argnums=0, static_argnames="telemetry", donate_argnames="cache")
