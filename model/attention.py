@@ -12,6 +12,7 @@ import jax.numpy as jnp
 
 NEG_INF = jnp.finfo(jnp.float32).min
 QUERY_BLOCK = 64  # most queries per block of causal_attention (its scores stay in cache)
+CAUSAL_SEGMENTS = 4  # runs of blocks in causal_attention, each reading only the keys it needs
 
 
 def attention(
@@ -58,28 +59,43 @@ def causal_attention(
 ) -> tuple[jax.Array, object]:
     """Causal ``attention`` of ``q [B, T, Hq, D]`` over ``k, v [B, Hkv, T, D]``, computed
     for equal blocks of at most ``QUERY_BLOCK`` queries in turn, so that memory grows as
-    ``T x block``, not ``T x T``. Each block sees all its keys, so every row's softmax is
-    exact.
+    ``T x block``, not ``T x T``.
 
-    ``observe(observed, start, probs [B, Hq, Tb, T]) -> observed`` folds in the weights of
-    queries ``start .. start + Tb - 1`` (rows past ``T`` are padding) while they exist.
+    The blocks form ``CAUSAL_SEGMENTS`` runs of consecutive blocks; a run reads the keys up to
+    its last query only (later keys are masked for all of its queries), which skips most of
+    the masked half of the work. Each block sees all the keys its queries may attend, so
+    every row's softmax is exact.
+
+    ``observe(observed, start, probs [B, Hq, Tb, Tw]) -> observed`` folds in the weights of
+    queries ``start .. start + Tb - 1`` (rows past ``T`` are padding) over keys
+    ``0 .. Tw - 1`` (``Tw <= T``; the weights of later keys are 0) while they exist.
     Returns ``out [B, T, Hq, D]`` and the final ``observed``.
     """
     b, t, hq, d = q.shape
     n = -(-t // QUERY_BLOCK)
     tb = -(-t // n)
     blocks = jnp.pad(q, ((0, 0), (0, n * tb - t), (0, 0), (0, 0))).reshape(b, n, tb, hq, d)
-    keys = jnp.arange(t)
+    blocks = jnp.moveaxis(blocks, 1, 0)  # [n, B, Tb, Hq, D]
 
-    def block(obs, xs):
-        start, qb = xs
-        mask = keys <= (start + jnp.arange(tb))[:, None]  # [Tb, T]
-        out, probs = attention(qb, k, v, mask[None])
-        return (obs if observe is None else observe(obs, start, probs)), out
+    def run(observed, first: int, stop: int):  # blocks first .. stop - 1
+        tw = min(stop * tb, t)
+        keys = jnp.arange(tw)
 
-    starts = jnp.arange(n) * tb
-    observed, out = jax.lax.scan(block, observed, (starts, jnp.moveaxis(blocks, 1, 0)))
-    return jnp.moveaxis(out, 0, 1).reshape(b, n * tb, hq, d)[:, :t], observed
+        def block(obs, xs):
+            start, qb = xs
+            mask = keys <= (start + jnp.arange(tb))[:, None]  # [Tb, Tw]
+            out, probs = attention(qb, k[:, :, :tw], v[:, :, :tw], mask[None])
+            return (obs if observe is None else observe(obs, start, probs)), out
+
+        return jax.lax.scan(block, observed, (jnp.arange(first, stop) * tb, blocks[first:stop]))
+
+    runs = min(n, CAUSAL_SEGMENTS)
+    outs = []
+    for i in range(runs):
+        observed, out = run(observed, i * n // runs, (i + 1) * n // runs)
+        outs.append(out)
+    out = jnp.moveaxis(jnp.concatenate(outs), 0, 1)
+    return out.reshape(b, n * tb, hq, d)[:, :t], observed
 
 
 def head_stats(rows: jax.Array, vision: jax.Array) -> dict[str, jax.Array]:
@@ -89,14 +105,14 @@ def head_stats(rows: jax.Array, vision: jax.Array) -> dict[str, jax.Array]:
     ``max_weight``, ``entropy`` (nats, ``0 log 0 = 0``), ``vision_mass``, ``sink_mass``
     (weight on position 0) and ``argmax`` (int32).
     """
-    logs = jnp.log(jnp.where(rows > 0, rows, 1.0))
+    logs = jnp.log(jnp.maximum(rows, jnp.finfo(rows.dtype).tiny))  # 0 log 0 = 0 * finite
     top = rows.max(-1, keepdims=True)
     # first index of the maximum: two plain reductions (a fused argmax is slow on CPU)
     first = jnp.where(rows == top, jnp.arange(rows.shape[-1]), rows.shape[-1]).min(-1)
     return {
         "max_weight": top[..., 0],
         "entropy": -(rows * logs).sum(-1),
-        "vision_mass": jnp.where(vision, rows, 0.0).sum(-1),
+        "vision_mass": rows @ vision.astype(rows.dtype),
         "sink_mass": rows[..., 0],
         "argmax": first.astype(jnp.int32),
     }

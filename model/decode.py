@@ -71,10 +71,11 @@ def _observer(num_layers: int, num_heads: int, selection, length, tk: int):
     sample, layer, head = selection
     query = length - 1
 
-    def observe(obs, index, start, probs):  # probs [B, H, Tb, Tk] of queries start + [0, Tb)
+    def observe(obs, index, start, probs):  # [B, H, Tb, Tw]: queries start + [0, Tb)
         offset = query - start
         inside = (offset >= 0) & (offset < probs.shape[2])
         row = jax.lax.dynamic_index_in_dim(probs[sample], offset, axis=1, keepdims=False)
+        row = jnp.pad(row, ((0, 0), (0, tk - row.shape[1])))  # keys past Tw weigh 0
         rows = obs["rows"].at[index].set(jnp.where(inside, row, obs["rows"][index]))
 
         def pool():

@@ -5,7 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from model.attention import QUERY_BLOCK, attention, causal_attention, pool_max
+from model.attention import CAUSAL_SEGMENTS, QUERY_BLOCK, attention, causal_attention, pool_max
 
 
 def _qkv(t_q, t_k, seed=0):
@@ -27,13 +27,13 @@ def test_one_query_equals_its_row_of_many():
 
 
 def test_causal_attention_in_blocks_equals_the_whole_map():
-    t = 2 * QUERY_BLOCK + 3  # three blocks, the last with padding rows
+    t = (CAUSAL_SEGMENTS + 1) * QUERY_BLOCK + 3  # runs of 1 and 2 blocks, padding rows
     q, k, v = _qkv(t, t)
     out, probs = attention(q, k, v, jnp.tril(jnp.ones((t, t), bool))[None])
 
-    def observe(seen, start, p):  # p [B, H, Tb, T]
+    def observe(seen, start, p):  # p [B, H, Tb, Tw]
         rows = start + jnp.arange(p.shape[2])
-        return seen.at[:, :, rows].set(p, mode="drop")
+        return seen.at[:, :, rows, : p.shape[3]].set(p, mode="drop")
 
     blocked, seen = jax.jit(causal_attention, static_argnums=3)(
         q, k, v, observe, jnp.zeros(probs.shape)

@@ -51,7 +51,7 @@ def _all_attention(graph, weights, embeds, deepstack, positions):
 
     def observe(all_probs, index, start, p):  # one block of queries; padding rows dropped
         rows = start + jnp.arange(p.shape[2])
-        return all_probs.at[index, :, :, rows].set(jnp.moveaxis(p, 2, 0), mode="drop")
+        return all_probs.at[index, :, :, rows, : p.shape[3]].set(jnp.moveaxis(p, 2, 0), mode="drop")
 
     h, _, _, probs = m.language_model(embeds, cos, sin, deepstack, observe, initial)
     return probs, m.head(h)
