@@ -1,5 +1,6 @@
-"""Scaled dot-product attention that also returns its weights, and the telemetry reductions
-of those weights (computed on the device, so only small summaries leave it).
+"""Scaled dot-product attention that also returns its weights, causal attention over a
+long sequence in blocks of queries, and the telemetry reductions of those weights (computed
+on the device, so only small summaries leave it).
 
 Grouped-query attention: query head ``h`` reads KV head ``h // (Hq / Hkv)``.
 """
@@ -10,6 +11,8 @@ import jax
 import jax.numpy as jnp
 
 NEG_INF = jnp.finfo(jnp.float32).min
+QUERY_BLOCK = 64  # most queries per block of causal_attention (its scores stay in cache)
+CAUSAL_SEGMENTS = 4  # runs of blocks in causal_attention, each reading only the keys it needs
 
 
 def attention(
@@ -21,15 +24,78 @@ def attention(
     ``mask [B, Tq, Tk]`` (True = may attend).
     Returns ``out [B, Tq, Hq, D]`` (dtype of ``q``) and ``probs [B, Hq, Tq, Tk]`` float32.
     Scores are taken in the inputs' dtype and the softmax in float32, as transformers does.
+
+    One query (a decode step) is a product with every cache slot, written as a multiply and
+    sum that XLA fuses into one pass over ``k`` and one over ``v``: as a dot, XLA CPU copies
+    or transposes the whole cache first, every step.
     """
     b, tq, hq, d = q.shape
     hkv = k.shape[1]
-    q = q.reshape(b, tq, hkv, hq // hkv, d)
-    scores = jnp.einsum("bqkgd,bksd->bkgqs", q, k) * jnp.asarray(d**-0.5, q.dtype)
+    q = jnp.moveaxis(q.reshape(b, tq, hkv, hq // hkv, d), 1, 3)  # [B, Hkv, G, Tq, D]
+    if tq == 1:
+        scores = _sum_of_products(q[..., None, :], k[:, :, None, None], -1)
+    else:
+        scores = jnp.einsum("bkgqd,bksd->bkgqs", q, k)
+    scores = scores * jnp.asarray(d**-0.5, q.dtype)
     scores = jnp.where(mask[:, None, None], scores.astype(jnp.float32), NEG_INF)
-    probs = jax.nn.softmax(scores, axis=-1)
-    out = jnp.einsum("bkgqs,bksd->bqkgd", probs.astype(v.dtype), v)
-    return out.reshape(b, tq, hq, d), probs.reshape(b, hq, tq, -1)
+    probs = jax.nn.softmax(scores, axis=-1)  # [B, Hkv, G, Tq, Tk]
+    weights = probs.astype(v.dtype)
+    if tq == 1:
+        out = _sum_of_products(weights[..., None], v[:, :, None, None], -2)
+    else:
+        out = jnp.einsum("bkgqs,bksd->bkgqd", weights, v)
+    return jnp.moveaxis(out, 3, 1).reshape(b, tq, hq, d), probs.reshape(b, hq, tq, -1)
+
+
+def _sum_of_products(a: jax.Array, b: jax.Array, axis: int) -> jax.Array:
+    """``(a * b).sum(axis)`` accumulated in float32 and returned in ``a``'s dtype, as a dot
+    of the two would be."""
+    f32 = jnp.float32
+    return (a.astype(f32) * b.astype(f32)).sum(axis).astype(a.dtype)
+
+
+def causal_attention(
+    q: jax.Array, k: jax.Array, v: jax.Array, observe=None, observed=None
+) -> tuple[jax.Array, object]:
+    """Causal ``attention`` of ``q [B, T, Hq, D]`` over ``k, v [B, Hkv, T, D]``, computed
+    for equal blocks of at most ``QUERY_BLOCK`` queries in turn, so that memory grows as
+    ``T x block``, not ``T x T``.
+
+    The blocks form ``CAUSAL_SEGMENTS`` runs of consecutive blocks; a run reads the keys up to
+    its last query only (later keys are masked for all of its queries), which skips most of
+    the masked half of the work. Each block sees all the keys its queries may attend, so
+    every row's softmax is exact.
+
+    ``observe(observed, start, probs [B, Hq, Tb, Tw]) -> observed`` folds in the weights of
+    queries ``start .. start + Tb - 1`` (rows past ``T`` are padding) over keys
+    ``0 .. Tw - 1`` (``Tw <= T``; the weights of later keys are 0) while they exist.
+    Returns ``out [B, T, Hq, D]`` and the final ``observed``.
+    """
+    b, t, hq, d = q.shape
+    n = -(-t // QUERY_BLOCK)
+    tb = -(-t // n)
+    blocks = jnp.pad(q, ((0, 0), (0, n * tb - t), (0, 0), (0, 0))).reshape(b, n, tb, hq, d)
+    blocks = jnp.moveaxis(blocks, 1, 0)  # [n, B, Tb, Hq, D]
+
+    def run(observed, first: int, stop: int):  # blocks first .. stop - 1
+        tw = min(stop * tb, t)
+        keys = jnp.arange(tw)
+
+        def block(obs, xs):
+            start, qb = xs
+            mask = keys <= (start + jnp.arange(tb))[:, None]  # [Tb, Tw]
+            out, probs = attention(qb, k[:, :, :tw], v[:, :, :tw], mask[None])
+            return (obs if observe is None else observe(obs, start, probs)), out
+
+        return jax.lax.scan(block, observed, (jnp.arange(first, stop) * tb, blocks[first:stop]))
+
+    runs = min(n, CAUSAL_SEGMENTS)
+    outs = []
+    for i in range(runs):
+        observed, out = run(observed, i * n // runs, (i + 1) * n // runs)
+        outs.append(out)
+    out = jnp.moveaxis(jnp.concatenate(outs), 0, 1)
+    return out.reshape(b, n * tb, hq, d)[:, :t], observed
 
 
 def cached_attention(
@@ -68,30 +134,34 @@ def head_stats(rows: jax.Array, vision: jax.Array) -> dict[str, jax.Array]:
     ``max_weight``, ``entropy`` (nats, ``0 log 0 = 0``), ``vision_mass``, ``sink_mass``
     (weight on position 0) and ``argmax`` (int32).
     """
-    logs = jnp.log(jnp.where(rows > 0, rows, 1.0))
+    logs = jnp.log(jnp.maximum(rows, jnp.finfo(rows.dtype).tiny))  # 0 log 0 = 0 * finite
     top = rows.max(-1, keepdims=True)
     # first index of the maximum: two plain reductions (a fused argmax is slow on CPU)
     first = jnp.where(rows == top, jnp.arange(rows.shape[-1]), rows.shape[-1]).min(-1)
     return {
         "max_weight": top[..., 0],
         "entropy": -(rows * logs).sum(-1),
-        "vision_mass": jnp.where(vision, rows, 0.0).sum(-1),
+        "vision_mass": rows @ vision.astype(rows.dtype),
         "sink_mass": rows[..., 0],
         "argmax": first.astype(jnp.int32),
     }
 
 
-def pool_max(grid: jax.Array, length: jax.Array, size: int) -> jax.Array:
-    """Block-max pool the top-left ``[length, length]`` of ``grid [T, T]`` to ``[size, size]``.
+def pool_max(rows: jax.Array, start, length, size: int) -> jax.Array:
+    """Block-max pool rows ``start .. start + Tb - 1`` of an attention map, given as
+    ``rows [Tb, T]``, to ``[size, size]``; the map's top-left ``[length, length]`` counts.
 
     Index ``i < length`` falls in bin ``i * r // length`` with ``r = min(length, size)``, so
-    bins cover the map evenly; the maximum keeps a single strong weight visible. Only the
-    top-left ``[r, r]`` of the result is meaningful (the rest is 0).
+    bins cover the map evenly; the maximum keeps a single strong weight visible. The maximum
+    of the results over all blocks of rows is the pooled map; only its top-left ``[r, r]``
+    is meaningful (the rest is 0).
     """
-    n = grid.shape[0]
+    tb, t = rows.shape
     r = jnp.minimum(length, size)
-    idx = jnp.arange(n)
-    bins = jnp.where(idx < length, idx * r // jnp.maximum(length, 1), size)  # size = dropped
-    rows = jax.ops.segment_max(grid, bins, num_segments=size)  # [size, T]
-    pooled = jax.ops.segment_max(rows.T, bins, num_segments=size).T  # [size, size]
+
+    def bins(idx):  # size = dropped
+        return jnp.where(idx < length, idx * r // jnp.maximum(length, 1), size)
+
+    by_row = jax.ops.segment_max(rows, bins(start + jnp.arange(tb)), num_segments=size)
+    pooled = jax.ops.segment_max(by_row.T, bins(jnp.arange(t)), num_segments=size).T
     return jnp.maximum(pooled, 0.0)

@@ -7,8 +7,10 @@ Flow of ``generate``:
 1. ``prepare_prompt`` + ``encode`` (vision tower, embeddings) on the prompt, padded on the
    right to a multiple of ``PROMPT_BUCKET`` tokens (causal attention never reads the padding,
    and decode overwrites its cache slots), so prompts of similar length share one compile.
-2. ``_prefill``: the full forward over the prompt writes every layer's keys and values into
-   the cache; the first new token is sampled from the logits of the last prompt position.
+2. ``_prefill``: the full forward over the prompt (causal attention computed for one block
+   of queries at a time, so memory grows as ``T x block``, not ``T x T``) writes every
+   layer's keys and values into the cache; the first new token is sampled from the logits
+   of the last prompt position.
 3. ``_decode`` per chunk of ``n <= CHUNK`` further tokens (``n`` is traced: any chunk length
    runs the same program): a ``lax.while_loop`` feeds the newest token of every row, attends,
    and samples the next token (step ``s`` with ``fold_in(key, s)``); it ends after ``n``
@@ -25,8 +27,9 @@ programs, for every token: per layer and query head ``[L, H]`` the max weight, e
 mass, sink mass and argmax of the attention row of the newest query; the full row of the
 selected ``(layer, head)``; the sampled token's probability and the top-5 alternatives; the
 cache length and the query's mRoPE position. A chunk stacks them per step, ``[CHUNK, ...]``.
-The prefill adds the selected head's whole ``T x T`` map, block-max pooled on the device to at
-most ``MAP_SIZE x MAP_SIZE``. The selection ``(sample, layer, head)`` and the sampling
+The prefill adds the selected head's ``T x T`` map, block-max pooled on the device to at most
+``MAP_SIZE x MAP_SIZE`` one block of queries at a time (no ``T x T`` array exists). The
+selection ``(sample, layer, head)`` and the sampling
 parameters are traced arguments: changing them never recompiles; a chunk uses the selection
 read before it was dispatched. ``telemetry=False`` runs a separately compiled variant that
 computes none of it.
@@ -57,7 +60,7 @@ from flax import nnx
 
 from model.attention import cached_attention, head_stats, pool_max
 from model.kv_cache import KVCache
-from model.qwen3_vl import Prompt, Qwen3VL, causal_mask, encode, merge, prepare_prompt, split
+from model.qwen3_vl import Prompt, Qwen3VL, encode, merge, prepare_prompt, split
 from model.sampling import GREEDY, TOP_ALTERNATIVES, SamplingParams, sample, top_alternatives
 from model.telemetry import HeadStats, RolloutControl
 from model.text import DecoderLayer
@@ -72,26 +75,35 @@ CHUNK_SECONDS = 0.02  # a chunk is sized to take about this long
 # --- device side: forward passes --------------------------------------------------------
 
 
-def _observer(num_layers: int, num_heads: int, selection, query, vision, with_map=False):
-    """``(observe, initial)`` for ``TextModel``'s prefill scan: keeps the attention rows
-    ``[L, H, Tk]`` of query index ``query`` of batch row ``sample``, and (``with_map``) the
-    selected ``(layer, head)``'s whole ``[Tq, Tk]`` map."""
+def _observer(num_layers: int, num_heads: int, selection, length, tk: int):
+    """``(observe, initial)`` for ``TextModel``'s prefill of a prompt padded to ``tk`` tokens:
+    of batch row ``sample`` (``selection = (sample, layer, head)``), keeps the attention rows
+    ``[L, H, tk]`` of the last real query ``length - 1``, and the selected ``(layer, head)``'s
+    ``[length, length]`` map block-max pooled to ``[MAP_SIZE, MAP_SIZE]`` (``pool_max``, block
+    of queries by block)."""
     sample, layer, head = selection
+    query = length - 1
 
-    def observe(obs, index, probs):  # probs [B, H, Tq, Tk]
-        new = {"rows": obs["rows"].at[index].set(probs[sample, :, query])}
-        if with_map:
-            new["map"] = jnp.where(index == layer, probs[sample, head], obs["map"])
-        return new
+    def observe(obs, index, start, probs):  # [B, H, Tb, Tw]: queries start + [0, Tb)
+        offset = query - start
+        inside = (offset >= 0) & (offset < probs.shape[2])
+        row = jax.lax.dynamic_index_in_dim(probs[sample], offset, axis=1, keepdims=False)
+        row = jnp.pad(row, ((0, 0), (0, tk - row.shape[1])))  # keys past Tw weigh 0
+        rows = obs["rows"].at[index].set(jnp.where(inside, row, obs["rows"][index]))
 
-    tk = vision.shape[0]
-    initial = {"rows": jnp.zeros((num_layers, num_heads, tk), jnp.float32)}
-    if with_map:
-        initial["map"] = jnp.zeros((tk, tk), jnp.float32)
+        def pool():
+            return jnp.maximum(obs["map"], pool_max(probs[sample, head], start, length, MAP_SIZE))
+
+        return {"rows": rows, "map": jax.lax.cond(index == layer, pool, lambda: obs["map"])}
+
+    initial = {
+        "rows": jnp.zeros((num_layers, num_heads, tk), jnp.float32),
+        "map": jnp.zeros((MAP_SIZE, MAP_SIZE), jnp.float32),
+    }
     return observe, initial
 
 
-def prefill_forward(m: Qwen3VL, embeds, deepstack, positions, length, vision, selection=None):
+def prefill_forward(m: Qwen3VL, embeds, deepstack, positions, length, selection=None):
     """Full forward of the padded prompt ``embeds [B, Tp, D]`` whose first ``length`` tokens
     are real. Returns logits ``[B, V]`` of position ``length - 1``, ``k, v [L, B, Hkv, Tp, hd]``
     and the telemetry observations (``None`` without a ``selection``)."""
@@ -99,12 +111,10 @@ def prefill_forward(m: Qwen3VL, embeds, deepstack, positions, length, vision, se
     observe, initial = None, None
     if selection is not None:
         observe, initial = _observer(
-            t.num_hidden_layers, t.num_attention_heads, selection, length - 1,
-            vision[selection[0]], with_map=True,
-        )  # fmt: skip
+            t.num_hidden_layers, t.num_attention_heads, selection, length, embeds.shape[1]
+        )
     cos, sin = m.cos_sin(positions)
-    mask = causal_mask(embeds.shape[1])
-    h, k, v, obs = m.language_model(embeds, cos, sin, mask, deepstack, observe, initial)
+    h, k, v, obs = m.language_model(embeds, cos, sin, deepstack, observe, initial)
     last = jax.lax.dynamic_index_in_dim(h, length - 1, axis=1, keepdims=False)
     return m.head(last), k, v, obs
 
@@ -208,7 +218,7 @@ def _prefill(
 ):  # fmt: skip
     m = merge(graph, weights)
     logits, k, v, obs = prefill_forward(
-        m, embeds, deepstack, positions, length, vision, selection if telemetry else None
+        m, embeds, deepstack, positions, length, selection if telemetry else None
     )
     cache = cache.write_prompt(k, v, vision, length)
     tokens, logp = sample(jax.random.fold_in(key, 0), logits, params)
@@ -217,7 +227,7 @@ def _prefill(
     position = jax.lax.dynamic_index_in_dim(positions[:, selection[0]], length - 1, 1, False)
     floats, ints = _token_telemetry(obs, vision, tokens, logp, selection, length, position)
     tel = _alternatives(floats[None], ints[None], selection, logp.shape[-1], len(tokens))
-    return cache, tokens, (*tel, pool_max(obs["map"], length, MAP_SIZE))
+    return cache, tokens, (*tel, obs["map"])
 
 
 def _telemetry_sizes(cfg, batch: int, capacity: int) -> tuple[int, int]:

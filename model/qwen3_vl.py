@@ -107,16 +107,11 @@ def merge(graph: Graph, params: list[jax.Array]) -> Qwen3VL:
     return nnx.merge(graph.graphdef, jax.tree.unflatten(graph.treedef, params))
 
 
-def causal_mask(length: int) -> jax.Array:
-    """``[1, T, T]`` True where query ``i`` may attend key ``j <= i``."""
-    return jnp.tril(jnp.ones((length, length), bool))[None]
-
-
 @functools.partial(jax.jit, static_argnums=0)
 def _full_logits(graph, params, embeds, deepstack, positions):
     m = merge(graph, params)
     cos, sin = m.cos_sin(positions)
-    h, _, _, _ = m.language_model(embeds, cos, sin, causal_mask(embeds.shape[1]), deepstack)
+    h, _, _, _ = m.language_model(embeds, cos, sin, deepstack)
     return m.head(h)
 
 

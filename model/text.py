@@ -5,10 +5,10 @@ then mRoPE) -> residual -> RMSNorm -> SwiGLU MLP -> residual. DeepStack: the vis
 features of the ViT's deepstack mergers are added to the image-token positions of the hidden
 state after each of the first ``len(deepstack_visual_indexes)`` layers.
 
-Attention is split into ``qkv`` (projections, norms, rotary), the pure
-``model.attention.attention`` and ``finish`` (output projection, residual, MLP), so the
-full-sequence forward here and the cached decode step (``model.decode``) share every
-projection.
+Attention is split into ``qkv`` (projections, norms, rotary), the pure attention of
+``model.attention`` and ``finish`` (output projection, residual, MLP), so the
+full-sequence forward here (causal, in blocks of queries) and the cached decode step
+(``model.decode``) share every projection.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from model import layers
-from model.attention import attention
+from model.attention import causal_attention
 from model.config import TextConfig
 from model.rope import apply_rotary
 
@@ -88,16 +88,18 @@ class DecoderLayer(nnx.Module):
         x = x + self.self_attn.o_proj(attn_out.reshape(b, t, -1))
         return x + self.mlp(self.post_attention_layernorm(x))
 
-    def __call__(self, x, cos, sin, mask):
-        """Full-sequence layer: returns ``x [B, T, D]``, ``k, v [B, Hkv, T, hd]`` and the
-        attention weights ``[B, Hq, T, T]``."""
+    def __call__(self, x, cos, sin, observe=None, observed=None):
+        """Full-sequence causal layer: returns ``x [B, T, D]``, ``k, v [B, Hkv, T, hd]`` and
+        ``observed`` folded over the attention weights by ``observe`` (see
+        ``model.attention.causal_attention``)."""
         q, k, v = self.qkv(x, cos, sin)
-        out, probs = attention(q, k, v, mask)
-        return self.finish(x, out), k, v, probs
+        out, observed = causal_attention(q, k, v, observe, observed)
+        return self.finish(x, out), k, v, observed
 
 
-# observe(carry, layer_index, probs [B, Hq, T, T]) -> carry: reduces attention while it exists
-Observer = Callable[[object, jax.Array, jax.Array], object]
+# observe(carry, layer_index, start, probs [B, Hq, Tb, T]) -> carry: reduces the attention
+# weights of queries start .. start + Tb - 1 while they exist
+Observer = Callable[[object, jax.Array, jax.Array, jax.Array], object]
 
 
 class TextModel(nnx.Module):
@@ -115,27 +117,27 @@ class TextModel(nnx.Module):
         x: jax.Array,
         cos: jax.Array,
         sin: jax.Array,
-        mask: jax.Array,
         deepstack: jax.Array | None = None,
         observe: Observer | None = None,
         observed=None,
     ):
-        """Full-sequence forward of the embedded prompt ``x [B, T, D]``.
+        """Full-sequence causal forward of the embedded prompt ``x [B, T, D]``.
 
         ``deepstack [k, B, T, D]`` (zeros outside image tokens) is added after layers
-        ``0 .. k-1``. ``observe`` folds each layer's attention weights into ``observed``.
+        ``0 .. k-1``. ``observe`` folds each layer's attention weights, block of queries by
+        block, into ``observed``.
         Returns the normed hidden state ``[B, T, D]``, per-layer ``k, v [L, B, Hkv, T, hd]``
         and the final ``observed``.
         """
-        observe = observe or (lambda c, i, p: c)
 
         def body(layer, carry, extra):
             h, obs = carry
             index, add = extra
-            h, k, v, probs = layer(h, cos, sin, mask)
+            layer_observe = None if observe is None else (lambda c, s, p: observe(c, index, s, p))
+            h, k, v, obs = layer(h, cos, sin, layer_observe, obs)
             if add is not None:
                 h = h + add
-            return (h, observe(obs, index, probs)), (k, v)
+            return (h, obs), (k, v)
 
         n_deep = 0 if deepstack is None else deepstack.shape[0]
         carry, kv_deep = (x, observed), None

@@ -26,7 +26,6 @@ import numpy as np
 from flax import nnx
 
 from model.config import Qwen3VLConfig
-from model.qwen3_vl import causal_mask
 from model.rope import get_rope_index
 from model.vision import grid_inputs
 
@@ -138,7 +137,7 @@ def forward(m: nnx.Module, seqs: Sequences) -> jax.Array:
             jnp.zeros((n_deep, *x.shape), x.dtype).at[:, rows, seqs.image_slots].set(per_row)
         )
     cos, sin = m.cos_sin(seqs.positions)
-    h, *_ = m.language_model(x, cos, sin, causal_mask(x.shape[1]), deepstack)
+    h, *_ = m.language_model(x, cos, sin, deepstack)
     return m.head(h)
 
 

@@ -5,9 +5,11 @@ length change, and the control's pause, single step and stop."""
 import functools
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from model.attention import QUERY_BLOCK
 from model.decode import (
     CHUNK,
     MAP_SIZE,
@@ -21,7 +23,7 @@ from model.decode import (
     unstack_layers,
 )
 from model.kv_cache import KVCache
-from model.qwen3_vl import causal_mask, encode, merge, prepare_prompt, split
+from model.qwen3_vl import encode, merge, prepare_prompt, split
 from model.sampling import SamplingParams
 from model.telemetry import RolloutControl
 
@@ -30,9 +32,7 @@ CAPACITY = 128
 
 @functools.partial(jax.jit, static_argnums=0)
 def _prefill_logits(graph, weights, cache, embeds, deepstack, positions, length, vision):
-    logits, k, v, _ = prefill_forward(
-        merge(graph, weights), embeds, deepstack, positions, length, vision
-    )
+    logits, k, v, _ = prefill_forward(merge(graph, weights), embeds, deepstack, positions, length)
     return logits, cache.write_prompt(k, v, vision, length)
 
 
@@ -56,13 +56,13 @@ def _all_attention(graph, weights, embeds, deepstack, positions):
     cos, sin = m.cos_sin(positions)
     t = embeds.shape[1]
     cfg = m.config.text
-    initial = jax.numpy.zeros(
-        (cfg.num_hidden_layers, embeds.shape[0], cfg.num_attention_heads, t, t)
-    )
-    h, _, _, probs = m.language_model(
-        embeds, cos, sin, causal_mask(t), deepstack,
-        lambda all_probs, index, p: all_probs.at[index].set(p), initial,
-    )  # fmt: skip
+    initial = jnp.zeros((cfg.num_hidden_layers, embeds.shape[0], cfg.num_attention_heads, t, t))
+
+    def observe(all_probs, index, start, p):  # one block of queries; padding rows dropped
+        rows = start + jnp.arange(p.shape[2])
+        return all_probs.at[index, :, :, rows, : p.shape[3]].set(jnp.moveaxis(p, 2, 0), mode="drop")
+
+    h, _, _, probs = m.language_model(embeds, cos, sin, deepstack, observe, initial)
     return probs, m.head(h)
 
 
@@ -184,12 +184,27 @@ def test_telemetry_equals_full_attention_weights(tiny_model, reference, with_ima
 
 
 def test_prefill_map_is_pooled_to_map_size(tiny_model):
-    ids = np.arange(1, 201, dtype=np.int64)[None] % 90
+    """A prompt of several blocks of queries (and a padded last block): the map pooled block
+    by block and the last query's rows equal those of the whole attention map."""
+    length = 150  # padded to 160 = 3 blocks of 54 queries, the last with 2 padding rows
+    assert length > 2 * QUERY_BLOCK and length % PROMPT_BUCKET
+    ids = np.arange(1, length + 1, dtype=np.int64)[None] % 90
     got = []
-    generate(tiny_model, ids, max_new_tokens=1, on_prefill=got.append, capacity=256)
-    assert got[0].attn_map.shape == (MAP_SIZE, MAP_SIZE)
+    control = RolloutControl(layer=2, head=1)
+    generate(tiny_model, ids, max_new_tokens=1, on_prefill=got.append, control=control)
+    (p,) = got
+    assert p.attn_map.shape == (MAP_SIZE, MAP_SIZE)
     # every row of a causal map has its weights somewhere: no empty bins
-    assert (got[0].attn_map.max(1) > 0).all()
+    assert (p.attn_map.max(1) > 0).all()
+
+    graph, weights = split(tiny_model)
+    prompt = prepare_prompt(tiny_model.config, ids)
+    embeds, _, _ = encode(graph, weights, prompt)
+    probs, _ = _all_attention(graph, weights, embeds, None, prompt.positions)
+    probs = np.asarray(probs)[:, 0]  # [L, H, T, T]
+    np.testing.assert_allclose(p.attn_map, _block_max(probs[2, 1], MAP_SIZE), atol=1e-6)
+    np.testing.assert_allclose(p.stats.max_weight, probs[:, :, -1].max(-1), atol=1e-6)
+    np.testing.assert_array_equal(p.stats.argmax, probs[:, :, -1].argmax(-1))
 
 
 def test_moving_selection_or_sampling_never_recompiles(tiny_model, reference):

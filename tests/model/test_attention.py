@@ -1,0 +1,61 @@
+"""Attention: the one-query form of a decode step, causal attention in blocks of queries,
+and the map pooled block by block, each equal to the plain computation."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from model.attention import CAUSAL_SEGMENTS, QUERY_BLOCK, attention, causal_attention, pool_max
+
+
+def _qkv(t_q, t_k, seed=0):
+    """``q [2, Tq, 4, 8]``, ``k, v [2, 2, Tk, 8]`` (two query heads per KV head)."""
+    keys = jax.random.split(jax.random.key(seed), 3)
+    q = jax.random.normal(keys[0], (2, t_q, 4, 8))
+    k, v = (jax.random.normal(key, (2, 2, t_k, 8)) for key in keys[1:])
+    return q, k, v
+
+
+def test_one_query_equals_its_row_of_many():
+    q, k, v = _qkv(5, 9)
+    mask = jax.random.bernoulli(jax.random.key(1), 0.7, (2, 5, 9)).at[..., 0].set(True)
+    out, probs = attention(q, k, v, mask)
+    for i in range(5):
+        one_out, one_probs = attention(q[:, i : i + 1], k, v, mask[:, i : i + 1])
+        np.testing.assert_allclose(one_out[:, 0], out[:, i], atol=1e-6)
+        np.testing.assert_allclose(one_probs[:, :, 0], probs[:, :, i], atol=1e-6)
+
+
+def test_causal_attention_in_blocks_equals_the_whole_map():
+    t = (CAUSAL_SEGMENTS + 1) * QUERY_BLOCK + 3  # runs of 1 and 2 blocks, padding rows
+    q, k, v = _qkv(t, t)
+    out, probs = attention(q, k, v, jnp.tril(jnp.ones((t, t), bool))[None])
+
+    def observe(seen, start, p):  # p [B, H, Tb, Tw]
+        rows = start + jnp.arange(p.shape[2])
+        return seen.at[:, :, rows, : p.shape[3]].set(p, mode="drop")
+
+    blocked, seen = jax.jit(causal_attention, static_argnums=3)(
+        q, k, v, observe, jnp.zeros(probs.shape)
+    )
+    np.testing.assert_allclose(blocked, out, atol=1e-5)
+    np.testing.assert_allclose(seen, probs, atol=1e-6)
+
+
+def _block_max(grid, size):
+    t = grid.shape[0]
+    r = min(t, size)
+    bins = np.arange(t) * r // t
+    out = np.zeros((size, size), np.float32)
+    np.maximum.at(out, (bins[:, None], bins[None, :]), grid)
+    return out
+
+
+def test_pool_max_by_blocks_of_rows_equals_pooling_the_whole_map():
+    grid = np.random.default_rng(0).random((300, 300), np.float32)
+    for length, size in [(290, 128), (50, 128), (300, 16)]:
+        pooled = np.zeros((size, size), np.float32)
+        for start in range(0, 300, 70):
+            rows = grid[start : start + 70]
+            pooled = np.maximum(pooled, pool_max(jnp.asarray(rows), start, length, size))
+        np.testing.assert_array_equal(pooled, _block_max(grid[:length, :length], size))
