@@ -12,7 +12,7 @@ import jax.numpy as jnp
 
 NEG_INF = jnp.finfo(jnp.float32).min
 QUERY_BLOCK = 64  # most queries per block of causal_attention (its scores stay in cache)
-CAUSAL_SEGMENTS = 4  # runs of blocks in causal_attention, each reading only the keys it needs
+CAUSAL_SEGMENTS = 4  # causal_attention's segments, each reading only the keys it needs
 
 
 def attention(
@@ -61,10 +61,10 @@ def causal_attention(
     for equal blocks of at most ``QUERY_BLOCK`` queries in turn, so that memory grows as
     ``T x block``, not ``T x T``.
 
-    The blocks form ``CAUSAL_SEGMENTS`` runs of consecutive blocks; a run reads the keys up to
-    its last query only (later keys are masked for all of its queries), which skips most of
-    the masked half of the work. Each block sees all the keys its queries may attend, so
-    every row's softmax is exact.
+    The blocks form ``CAUSAL_SEGMENTS`` segments of consecutive blocks; a segment reads the
+    keys up to its last query only (later keys are masked for all of its queries), which
+    skips most of the masked half of the work. Each block sees all the keys its queries may
+    attend, so every row's softmax is exact.
 
     ``observe(observed, start, probs [B, Hq, Tb, Tw]) -> observed`` folds in the weights of
     queries ``start .. start + Tb - 1`` (rows past ``T`` are padding) over keys
@@ -77,7 +77,7 @@ def causal_attention(
     blocks = jnp.pad(q, ((0, 0), (0, n * tb - t), (0, 0), (0, 0))).reshape(b, n, tb, hq, d)
     blocks = jnp.moveaxis(blocks, 1, 0)  # [n, B, Tb, Hq, D]
 
-    def run(observed, first: int, stop: int):  # blocks first .. stop - 1
+    def segment(observed, first: int, stop: int):  # blocks first .. stop - 1
         tw = min(stop * tb, t)
         keys = jnp.arange(tw)
 
@@ -89,10 +89,10 @@ def causal_attention(
 
         return jax.lax.scan(block, observed, (jnp.arange(first, stop) * tb, blocks[first:stop]))
 
-    runs = min(n, CAUSAL_SEGMENTS)
+    segments = min(n, CAUSAL_SEGMENTS)
     outs = []
-    for i in range(runs):
-        observed, out = run(observed, i * n // runs, (i + 1) * n // runs)
+    for i in range(segments):
+        observed, out = segment(observed, i * n // segments, (i + 1) * n // segments)
         outs.append(out)
     out = jnp.moveaxis(jnp.concatenate(outs), 0, 1)
     return out.reshape(b, n * tb, hq, d)[:, :t], observed
