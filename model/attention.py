@@ -12,7 +12,7 @@ import jax.numpy as jnp
 
 NEG_INF = jnp.finfo(jnp.float32).min
 QUERY_BLOCK = 64  # most queries per block of causal_attention (its scores stay in cache)
-CAUSAL_SEGMENTS = 4  # runs of blocks in causal_attention, each reading only the keys it needs
+CAUSAL_SEGMENTS = 4  # causal_attention's segments, each reading only the keys it needs
 
 
 def attention(
@@ -24,34 +24,15 @@ def attention(
     ``mask [B, Tq, Tk]`` (True = may attend).
     Returns ``out [B, Tq, Hq, D]`` (dtype of ``q``) and ``probs [B, Hq, Tq, Tk]`` float32.
     Scores are taken in the inputs' dtype and the softmax in float32, as transformers does.
-
-    One query (a decode step) is a product with every cache slot, written as a multiply and
-    sum that XLA fuses into one pass over ``k`` and one over ``v``: as a dot, XLA CPU copies
-    or transposes the whole cache first, every step.
     """
     b, tq, hq, d = q.shape
     hkv = k.shape[1]
     q = jnp.moveaxis(q.reshape(b, tq, hkv, hq // hkv, d), 1, 3)  # [B, Hkv, G, Tq, D]
-    if tq == 1:
-        scores = _sum_of_products(q[..., None, :], k[:, :, None, None], -1)
-    else:
-        scores = jnp.einsum("bkgqd,bksd->bkgqs", q, k)
-    scores = scores * jnp.asarray(d**-0.5, q.dtype)
+    scores = jnp.einsum("bkgqd,bksd->bkgqs", q, k) * jnp.asarray(d**-0.5, q.dtype)
     scores = jnp.where(mask[:, None, None], scores.astype(jnp.float32), NEG_INF)
     probs = jax.nn.softmax(scores, axis=-1)  # [B, Hkv, G, Tq, Tk]
-    weights = probs.astype(v.dtype)
-    if tq == 1:
-        out = _sum_of_products(weights[..., None], v[:, :, None, None], -2)
-    else:
-        out = jnp.einsum("bkgqs,bksd->bkgqd", weights, v)
+    out = jnp.einsum("bkgqs,bksd->bkgqd", probs.astype(v.dtype), v)
     return jnp.moveaxis(out, 3, 1).reshape(b, tq, hq, d), probs.reshape(b, hq, tq, -1)
-
-
-def _sum_of_products(a: jax.Array, b: jax.Array, axis: int) -> jax.Array:
-    """``(a * b).sum(axis)`` accumulated in float32 and returned in ``a``'s dtype, as a dot
-    of the two would be."""
-    f32 = jnp.float32
-    return (a.astype(f32) * b.astype(f32)).sum(axis).astype(a.dtype)
 
 
 def causal_attention(
@@ -61,10 +42,10 @@ def causal_attention(
     for equal blocks of at most ``QUERY_BLOCK`` queries in turn, so that memory grows as
     ``T x block``, not ``T x T``.
 
-    The blocks form ``CAUSAL_SEGMENTS`` runs of consecutive blocks; a run reads the keys up to
-    its last query only (later keys are masked for all of its queries), which skips most of
-    the masked half of the work. Each block sees all the keys its queries may attend, so
-    every row's softmax is exact.
+    The blocks form ``CAUSAL_SEGMENTS`` segments of consecutive blocks; a segment reads the
+    keys up to its last query only (later keys are masked for all of its queries), which
+    skips most of the masked half of the work. Each block sees all the keys its queries may
+    attend, so every row's softmax is exact.
 
     ``observe(observed, start, probs [B, Hq, Tb, Tw]) -> observed`` folds in the weights of
     queries ``start .. start + Tb - 1`` (rows past ``T`` are padding) over keys
@@ -77,7 +58,7 @@ def causal_attention(
     blocks = jnp.pad(q, ((0, 0), (0, n * tb - t), (0, 0), (0, 0))).reshape(b, n, tb, hq, d)
     blocks = jnp.moveaxis(blocks, 1, 0)  # [n, B, Tb, Hq, D]
 
-    def run(observed, first: int, stop: int):  # blocks first .. stop - 1
+    def segment(observed, first: int, stop: int):  # blocks first .. stop - 1
         tw = min(stop * tb, t)
         keys = jnp.arange(tw)
 
@@ -89,10 +70,10 @@ def causal_attention(
 
         return jax.lax.scan(block, observed, (jnp.arange(first, stop) * tb, blocks[first:stop]))
 
-    runs = min(n, CAUSAL_SEGMENTS)
+    segments = min(n, CAUSAL_SEGMENTS)
     outs = []
-    for i in range(runs):
-        observed, out = run(observed, i * n // runs, (i + 1) * n // runs)
+    for i in range(segments):
+        observed, out = segment(observed, i * n // segments, (i + 1) * n // segments)
         outs.append(out)
     out = jnp.moveaxis(jnp.concatenate(outs), 0, 1)
     return out.reshape(b, n * tb, hq, d)[:, :t], observed

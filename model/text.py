@@ -97,8 +97,8 @@ class DecoderLayer(nnx.Module):
         return self.finish(x, out), k, v, observed
 
 
-# observe(carry, layer_index, start, probs [B, Hq, Tb, T]) -> carry: reduces the attention
-# weights of queries start .. start + Tb - 1 while they exist
+# observe(carry, layer_index, start, probs [B, Hq, Tb, Tw]) -> carry: reduces the attention
+# weights of queries start .. start + Tb - 1 over keys 0 .. Tw - 1 while they exist
 Observer = Callable[[object, jax.Array, jax.Array, jax.Array], object]
 
 

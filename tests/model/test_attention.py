@@ -27,7 +27,7 @@ def test_one_query_equals_its_row_of_many():
 
 
 def test_causal_attention_in_blocks_equals_the_whole_map():
-    t = (CAUSAL_SEGMENTS + 1) * QUERY_BLOCK + 3  # runs of 1 and 2 blocks, padding rows
+    t = (CAUSAL_SEGMENTS + 1) * QUERY_BLOCK + 3  # segments of 1 and 2 blocks, padding rows
     q, k, v = _qkv(t, t)
     out, probs = attention(q, k, v, jnp.tril(jnp.ones((t, t), bool))[None])
 
