@@ -14,11 +14,11 @@ prompt (the task's question text, repeated) with ``model.decode.generate(capacit
   that the bytes per step grow from the shortest to the longest cache by exactly the
   selected head's ``[T]`` row (4 bytes x dT).
 
-The prompt fills the cache up to ``--max-prompt`` tokens. The prefill materialises every
-layer's ``T x T`` attention, so beyond that (a 16K prompt needs ~10 GB, 32K ~40 GB) the prompt
-stays at ``--max-prompt`` tokens and the rest of the cache is empty slots. A decode step
-attends over all C slots with a length mask and ships the selected head's row over all C,
-so its cost and its bytes are those of a full cache of C tokens.
+The prompt fills the cache up to ``--max-prompt`` tokens (default 4064; every repetition
+prefills again, and a longer prompt makes a long run longer, not a different decode step:
+the prefill attends in blocks of queries, so a 32K prompt fits). Beyond it the rest of the
+cache is empty slots: a decode step attends over all C slots with a length mask and ships
+the selected head's row over all C, so its cost and its bytes are those of a full cache.
 
     python -m bench.long_context [--steps N] [--reps N] [--max-prompt N] [--lengths 1K,2K,...]
 """
