@@ -22,9 +22,17 @@ def trainer(tiny_policy, processor):
     return train.GRPOTrainer(tiny_policy, processor, settings)
 
 
-def test_steps_update_the_policy_with_one_compiled_update(trainer):
+def test_steps_update_the_policy_with_one_compiled_update(trainer, monkeypatch):
     task = Task("train", 0)
     before = jax.tree.leaves(trainer.state)
+    sampled_rewards = trainer.rewards
+    # the random policy's answers are malformed alike (equal rewards teach nothing): give the
+    # group rewards that differ, so that the update has something to learn
+    monkeypatch.setattr(
+        trainer,
+        "rewards",
+        lambda *a: (sampled_rewards(*a)[0], np.array([1.0, 0.0, 0.0, 0.5], np.float32)),
+    )
     results = [trainer.step(task, trainer.step_examples(task, i), seed=i) for i in range(2)]
     assert trainer._update._cache_size() == 1  # jitted once, reused
     for r in results:
