@@ -78,15 +78,15 @@ def test_values_are_the_watched_samples(two_steps, processor):
 
 
 def test_the_policy_moves_when_rewards_differ_and_the_update_compiles_once(two_steps, tiny_policy):
-    """A random policy's answers are mostly malformed: a group whose rewards are all equal
-    has zero advantages and teaches nothing, so the policy moves exactly when some group's
-    rewards differ."""
+    """A random policy's answers are mostly malformed, and a group whose rewards are all
+    equal has zero advantages: the policy must move when some group's rewards differ (when
+    none do, AdamW may still turn the float noise of the KL term into a step)."""
     sink, trainer = two_steps
     before = jax.tree.leaves(nnx.state(tiny_policy))
     after = jax.tree.leaves(trainer.state)
     moved = any(not np.array_equal(a, b) for a, b in zip(after, before, strict=True))
     spread = any(np.ptp(t.rewards) > 0 for t in sink.of(tm.TrainEvent))
-    assert moved == spread
+    assert moved or not spread
     assert trainer._update._cache_size() == 1
 
 
