@@ -58,7 +58,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from model.attention import cached_attention, head_stats, pool_max
+from model.attention import cached_attention, head_stats, join_stats, pool_max
 from model.kv_cache import KVCache
 from model.qwen3_vl import Prompt, Qwen3VL, encode, merge, prepare_prompt, split
 from model.sampling import GREEDY, TOP_ALTERNATIVES, SamplingParams, sample, top_alternatives
@@ -127,8 +127,9 @@ def step_forward(
     read; this step's keys and values are written to ``recent``, the chunk's own cache.
     ``layer_weights`` are the decoder layers' parameters one layer at a time
     (``unstack_layers``). Returns logits ``[B, V]``, the updated ``recent`` and the
-    observations (``{"rows": [L, H, C]}``, the watched row's attention over the positions of
-    ``cache``; ``None`` without a ``selection``).
+    observations of the watched row (``None`` without a ``selection``): its attention over
+    the slots of ``cache``, ``"rows" [L, H, C]`` (0 from ``start`` on), and over those of
+    ``recent``, ``"recent" [L, H, S]``, which hold positions ``start, start + 1, ...``.
 
     The layers run as an unrolled Python loop over per-layer weights and cache buffers:
     slicing stacked arrays inside a compiled loop would copy them every step.
@@ -156,12 +157,9 @@ def step_forward(
     recent = dataclasses.replace(recent, length=recent.length + 1)
     obs = None
     if selection is not None:
-        # the chunk's slots belong at positions [start, start + S), where the main cache's
-        # slots are masked (weight 0): put them there
         rows = jnp.stack(rows)  # [L, H, C + S]
-        c, s = cache.capacity, recent.capacity
-        row = jnp.pad(rows[..., :c], ((0, 0), (0, 0), (0, s)))
-        obs = {"rows": jax.lax.dynamic_update_slice(row, rows[..., c:], (0, 0, start))[..., :c]}
+        c = cache.capacity
+        obs = {"rows": rows[..., :c], "recent": rows[..., c:], "start": start}
     return m.head(m.language_model.norm(x[:, 0])), recent, obs
 
 
@@ -190,8 +188,14 @@ def _token_telemetry(obs, vision, tokens, logp, selection, cache_len, position):
     log-probabilities (see ``_Unpacked`` for the final layout)."""
     sample, layer, head = selection
     rows = obs["rows"]  # [L, H, Tk]
-    stats = head_stats(rows, vision[sample])
-    floats = [stats[k].ravel() for k in HeadStats.METRICS] + [rows[layer, head], logp[sample]]
+    stats, row = head_stats(rows, vision[sample]), rows[layer, head]
+    if "recent" in obs:  # a decode step: the chunk's own slots hold positions start, ...
+        recent, start, tk = obs["recent"], obs["start"], rows.shape[-1]
+        no_vision = jnp.zeros(recent.shape[-1], bool)  # generated tokens are text
+        stats = join_stats(stats, head_stats(recent, no_vision), start)
+        row = jnp.pad(row, (0, recent.shape[-1]))
+        row = jax.lax.dynamic_update_slice(row, recent[layer, head], (start,))[:tk]
+    floats = [stats[k].ravel() for k in HeadStats.METRICS] + [row, logp[sample]]
     ints = [stats["argmax"].ravel(), tokens, jnp.stack([cache_len, *position])]
     return jnp.concatenate(floats), jnp.concatenate([i.astype(jnp.int32) for i in ints])
 

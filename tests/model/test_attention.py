@@ -1,11 +1,21 @@
 """Attention: the one-query form of a decode step, causal attention in blocks of queries,
-and the map pooled block by block, each equal to the plain computation."""
+the map pooled block by block and the stats of rows split in two parts, each equal to the
+plain computation."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from model.attention import CAUSAL_SEGMENTS, QUERY_BLOCK, attention, causal_attention, pool_max
+from model.attention import (
+    ARGMAX_BLOCK,
+    CAUSAL_SEGMENTS,
+    QUERY_BLOCK,
+    attention,
+    causal_attention,
+    head_stats,
+    join_stats,
+    pool_max,
+)
 
 
 def _qkv(t_q, t_k, seed=0):
@@ -59,3 +69,37 @@ def test_pool_max_by_blocks_of_rows_equals_pooling_the_whole_map():
             rows = grid[start : start + 70]
             pooled = np.maximum(pooled, pool_max(jnp.asarray(rows), start, length, size))
         np.testing.assert_array_equal(pooled, _block_max(grid[:length, :length], size))
+
+
+def test_stats_of_rows_in_two_parts_equal_those_of_the_joined_rows():
+    """The layout of a decode step: the main cache's slots up to ``start`` (zeros after), the
+    chunk's own slots from ``start`` on; maxima inside either part and ties across them."""
+    start, c, s = 6, 10, 4
+    scores = jax.random.normal(jax.random.key(2), (3, 5, start + s))
+    scores = scores.at[0, 0, 2].set(9.0).at[0, 0, start + 1].set(9.0)  # a tie: first wins
+    scores = scores.at[1, 0, start + 2].set(9.0)  # the maximum in the chunk's part
+    rows = jax.nn.softmax(scores, -1)  # [3, 5, start + s]
+    vision = jnp.arange(start + s) % 3 == 1
+    main = jnp.pad(rows[..., :start], ((0, 0), (0, 0), (0, c - start)))
+    joined = join_stats(
+        head_stats(main, jnp.pad(vision[:start], (0, c - start))),
+        head_stats(rows[..., start:], vision[start:]),
+        start,
+    )
+    whole = head_stats(rows, vision)
+    assert int(whole["argmax"][0, 0]) == 2 and int(whole["argmax"][1, 0]) == start + 2
+    for name, value in whole.items():
+        np.testing.assert_allclose(joined[name], value, rtol=1e-6, atol=1e-7, err_msg=name)
+
+
+def test_head_stats_argmax_is_the_first_maximum_across_blocks():
+    """Keys over several argmax blocks (the last one partial); ties inside a block, across
+    blocks, and a maximum on the very last key."""
+    t = 2 * ARGMAX_BLOCK + 5
+    rows = np.array(jax.random.uniform(jax.random.key(3), (4, t)))
+    rows[0, [7, ARGMAX_BLOCK + 3]] = 2.0  # across blocks: the first
+    rows[1, [ARGMAX_BLOCK + 9, ARGMAX_BLOCK + 4]] = 2.0  # inside a block: the first
+    rows[2, -1] = 2.0  # in the partial last block
+    stats = head_stats(jnp.asarray(rows), jnp.zeros(t, bool))
+    np.testing.assert_array_equal(stats["argmax"], rows.argmax(-1))
+    np.testing.assert_array_equal(stats["max_weight"], rows.max(-1))
