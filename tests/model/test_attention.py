@@ -16,6 +16,7 @@ from model.attention import (
     join_stats,
     pool_max,
 )
+from tests.model.pooling import block_max
 
 
 def _qkv(t_q, t_k, seed=0):
@@ -52,15 +53,6 @@ def test_causal_attention_in_blocks_equals_the_whole_map():
     np.testing.assert_allclose(seen, probs, atol=1e-6)
 
 
-def _block_max(grid, size):
-    t = grid.shape[0]
-    r = min(t, size)
-    bins = np.arange(t) * r // t
-    out = np.zeros((size, size), np.float32)
-    np.maximum.at(out, (bins[:, None], bins[None, :]), grid)
-    return out
-
-
 def test_pool_max_by_blocks_of_rows_equals_pooling_the_whole_map():
     grid = np.random.default_rng(0).random((300, 300), np.float32)
     for length, size in [(290, 128), (50, 128), (300, 16)]:
@@ -68,7 +60,7 @@ def test_pool_max_by_blocks_of_rows_equals_pooling_the_whole_map():
         for start in range(0, 300, 70):
             rows = grid[start : start + 70]
             pooled = np.maximum(pooled, pool_max(jnp.asarray(rows), start, length, size))
-        np.testing.assert_array_equal(pooled, _block_max(grid[:length, :length], size))
+        np.testing.assert_array_equal(pooled, block_max(grid[:length, :length], size))
 
 
 def test_stats_of_rows_in_two_parts_equal_those_of_the_joined_rows():

@@ -26,6 +26,7 @@ from model.kv_cache import KVCache
 from model.qwen3_vl import encode, merge, prepare_prompt, split
 from model.sampling import SamplingParams
 from model.telemetry import RolloutControl
+from tests.model.pooling import block_max
 
 CAPACITY = 128
 
@@ -106,15 +107,6 @@ def _softmax(x):
     return e / e.sum()
 
 
-def _block_max(grid, size):
-    t = grid.shape[0]
-    r = min(t, size)
-    bins = np.arange(t) * r // t
-    out = np.zeros((r, r), np.float32)
-    np.maximum.at(out, (bins[:, None], bins[None, :]), grid)
-    return out
-
-
 @pytest.mark.parametrize("with_image", [False, True])
 def test_telemetry_equals_full_attention_weights(tiny_model, reference, with_image):
     """Two sampled rows; the watched (sample, layer, head) moves at every step."""
@@ -176,7 +168,8 @@ def test_telemetry_equals_full_attention_weights(tiny_model, reference, with_ima
     assert (p.sample, p.layer, p.head) == (1, 1, 2)
     np.testing.assert_array_equal(p.positions, prompt.positions[:, 1, :length])
     grid_map = probs[1, 1, 2, :length, :length]
-    np.testing.assert_allclose(p.attn_map, _block_max(grid_map, MAP_SIZE), atol=1e-6)
+    r = min(length, MAP_SIZE)
+    np.testing.assert_allclose(p.attn_map, block_max(grid_map, MAP_SIZE)[:r, :r], atol=1e-6)
     np.testing.assert_allclose(
         p.stats.max_weight, probs[:, 1, :, length - 1, :length].max(-1), atol=1e-5
     )
@@ -202,7 +195,7 @@ def test_prefill_map_is_pooled_to_map_size(tiny_model):
     embeds, _, _ = encode(graph, weights, prompt)
     probs, _ = _all_attention(graph, weights, embeds, None, prompt.positions)
     probs = np.asarray(probs)[:, 0]  # [L, H, T, T]
-    np.testing.assert_allclose(p.attn_map, _block_max(probs[2, 1], MAP_SIZE), atol=1e-6)
+    np.testing.assert_allclose(p.attn_map, block_max(probs[2, 1], MAP_SIZE), atol=1e-6)
     np.testing.assert_allclose(p.stats.max_weight, probs[:, :, -1].max(-1), atol=1e-6)
     np.testing.assert_array_equal(p.stats.argmax, probs[:, :, -1].argmax(-1))
 
