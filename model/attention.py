@@ -133,6 +133,10 @@ def _first_max(rows: jax.Array, block: int = ARGMAX_BLOCK) -> tuple[jax.Array, j
     maximum, then the first index inside it (at 32K keys a quarter of the time of one
     compare-and-min over all keys; XLA's fused argmax is slower still on CPU)."""
     t = rows.shape[-1]
+    if t <= block:  # one block: one compare-and-min
+        top = rows.max(-1)
+        first = jnp.where(rows == top[..., None], jnp.arange(t), t).min(-1)
+        return top, first.astype(jnp.int32)
     padded = jnp.pad(rows, [(0, 0)] * (rows.ndim - 1) + [(0, -t % block)], constant_values=-1)
     blocks = padded.reshape(*rows.shape[:-1], -1, block)  # [..., nb, block]
     block_max = blocks.max(-1)
