@@ -148,21 +148,6 @@ def _first_max(rows: jax.Array, block: int = ARGMAX_BLOCK) -> tuple[jax.Array, j
     return top, (first_block * block + offset).astype(jnp.int32)
 
 
-def join_stats(a: dict[str, jax.Array], b: dict[str, jax.Array], offset) -> dict[str, jax.Array]:
-    """``head_stats`` of rows whose keys are split in two parts: ``a`` of keys
-    ``0 .. offset - 1`` (later keys of that part weigh 0) and ``b`` of keys from ``offset``
-    on, each part's own ``head_stats``. Equal to the stats of the joined rows, without
-    building them (the first maximum wins, as in ``head_stats``)."""
-    first = a["max_weight"] >= b["max_weight"]
-    return {
-        "max_weight": jnp.maximum(a["max_weight"], b["max_weight"]),
-        "entropy": a["entropy"] + b["entropy"],
-        "vision_mass": a["vision_mass"] + b["vision_mass"],
-        "sink_mass": a["sink_mass"],
-        "argmax": jnp.where(first, a["argmax"], offset + b["argmax"]).astype(jnp.int32),
-    }
-
-
 def pool_max(rows: jax.Array, start, length, size: int) -> jax.Array:
     """Block-max pool rows ``start .. start + Tb - 1`` of an attention map, given as
     ``rows [Tb, T]``, to ``[size, size]``; the map's top-left ``[length, length]`` counts.

@@ -58,7 +58,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from model.attention import cached_attention, head_stats, join_stats, pool_max
+from model.attention import cached_attention, head_stats, pool_max
 from model.kv_cache import KVCache
 from model.qwen3_vl import Prompt, Qwen3VL, encode, merge, prepare_prompt, split
 from model.sampling import GREEDY, TOP_ALTERNATIVES, SamplingParams, sample, top_alternatives
@@ -127,9 +127,9 @@ def step_forward(
     read; this step's keys and values are written to ``recent``, the chunk's own cache.
     ``layer_weights`` are the decoder layers' parameters one layer at a time
     (``unstack_layers``). Returns logits ``[B, V]``, the updated ``recent`` and the
-    observations of the watched row (``None`` without a ``selection``): its attention over
-    the slots of ``cache``, ``"rows" [L, H, C]`` (0 from ``start`` on), and over those of
-    ``recent``, ``"recent" [L, H, S]``, which hold positions ``start, start + 1, ...``.
+    observations of the watched row (``None`` without a ``selection``): ``"rows"
+    [L, H, C + S]``, its attention over the slots of ``cache`` (0 from ``start`` on), then over
+    those of ``recent``, which hold positions ``start, start + 1, ...``.
 
     The layers run as an unrolled Python loop over per-layer weights and cache buffers:
     slicing stacked arrays inside a compiled loop would copy them every step.
@@ -157,9 +157,7 @@ def step_forward(
     recent = dataclasses.replace(recent, length=recent.length + 1)
     obs = None
     if selection is not None:
-        rows = jnp.stack(rows)  # [L, H, C + S]
-        c = cache.capacity
-        obs = {"rows": rows[..., :c], "recent": rows[..., c:], "start": start}
+        obs = {"rows": jnp.stack(rows), "start": start}  # [L, H, C + S]
     return m.head(m.language_model.norm(x[:, 0])), recent, obs
 
 
@@ -187,14 +185,16 @@ def _token_telemetry(obs, vision, tokens, logp, selection, cache_len, position):
     cache length and the query's position (t, h, w). ``_alternatives`` then replaces the
     log-probabilities (see ``_Unpacked`` for the final layout)."""
     sample, layer, head = selection
-    rows = obs["rows"]  # [L, H, Tk]
-    stats, row = head_stats(rows, vision[sample]), rows[layer, head]
-    if "recent" in obs:  # a decode step: the chunk's own slots hold positions start, ...
-        recent, start, tk = obs["recent"], obs["start"], rows.shape[-1]
-        no_vision = jnp.zeros(recent.shape[-1], bool)  # generated tokens are text
-        stats = join_stats(stats, head_stats(recent, no_vision), start)
-        row = jnp.pad(row, (0, recent.shape[-1]))
-        row = jax.lax.dynamic_update_slice(row, recent[layer, head], (start,))[:tk]
+    rows, vision = obs["rows"], vision[sample]  # [L, H, Tk], [C]
+    c = vision.shape[0]
+    extra = rows.shape[-1] - c  # a decode step: the chunk's own slots, after the main cache's
+    stats = head_stats(rows, jnp.pad(vision, (0, extra)))  # generated tokens are text
+    row = rows[layer, head]
+    if extra:  # slot c + j holds position start + j (where the main cache's slots weigh 0)
+        start = obs["start"]
+        argmax = stats["argmax"]
+        stats["argmax"] = jnp.where(argmax < c, argmax, start + argmax - c)
+        row = jax.lax.dynamic_update_slice(row, row[c:], (start,))[:c]
     floats = [stats[k].ravel() for k in HeadStats.METRICS] + [row, logp[sample]]
     ints = [stats["argmax"].ravel(), tokens, jnp.stack([cache_len, *position])]
     return jnp.concatenate(floats), jnp.concatenate([i.astype(jnp.int32) for i in ints])

@@ -1,6 +1,6 @@
 """Attention: the one-query form of a decode step, causal attention in blocks of queries,
-the map pooled block by block and the stats of rows split in two parts, each equal to the
-plain computation."""
+the map pooled block by block and the argmax of the head stats, each equal to the plain
+computation."""
 
 import jax
 import jax.numpy as jnp
@@ -13,7 +13,6 @@ from model.attention import (
     attention,
     causal_attention,
     head_stats,
-    join_stats,
     pool_max,
 )
 from tests.model.pooling import block_max
@@ -61,27 +60,6 @@ def test_pool_max_by_blocks_of_rows_equals_pooling_the_whole_map():
             rows = grid[start : start + 70]
             pooled = np.maximum(pooled, pool_max(jnp.asarray(rows), start, length, size))
         np.testing.assert_array_equal(pooled, block_max(grid[:length, :length], size))
-
-
-def test_stats_of_rows_in_two_parts_equal_those_of_the_joined_rows():
-    """The layout of a decode step: the main cache's slots up to ``start`` (zeros after), the
-    chunk's own slots from ``start`` on; maxima inside either part and ties across them."""
-    start, c, s = 6, 10, 4
-    scores = jax.random.normal(jax.random.key(2), (3, 5, start + s))
-    scores = scores.at[0, 0, 2].set(9.0).at[0, 0, start + 1].set(9.0)  # a tie: first wins
-    scores = scores.at[1, 0, start + 2].set(9.0)  # the maximum in the chunk's part
-    rows = jax.nn.softmax(scores, -1)  # [3, 5, start + s]
-    vision = jnp.arange(start + s) % 3 == 1
-    main = jnp.pad(rows[..., :start], ((0, 0), (0, 0), (0, c - start)))
-    joined = join_stats(
-        head_stats(main, jnp.pad(vision[:start], (0, c - start))),
-        head_stats(rows[..., start:], vision[start:]),
-        start,
-    )
-    whole = head_stats(rows, vision)
-    assert int(whole["argmax"][0, 0]) == 2 and int(whole["argmax"][1, 0]) == start + 2
-    for name, value in whole.items():
-        np.testing.assert_allclose(joined[name], value, rtol=1e-6, atol=1e-7, err_msg=name)
 
 
 def test_head_stats_argmax_is_the_first_maximum_across_blocks():
