@@ -14,6 +14,7 @@ NEG_INF = jnp.finfo(jnp.float32).min
 QUERY_BLOCK = 64  # most queries per block of causal_attention (its scores stay in cache)
 CAUSAL_SEGMENTS = 4  # causal_attention's segments, each reading only the keys it needs
 ARGMAX_BLOCK = 128  # keys per block of head_stats' two-level argmax
+LONG_ROW = 2048  # head_stats reduces rows of at least this many keys the way long rows like
 
 
 def attention(
@@ -118,10 +119,14 @@ def head_stats(rows: jax.Array, vision: jax.Array) -> dict[str, jax.Array]:
     """
     logs = jnp.log(jnp.maximum(rows, jnp.finfo(rows.dtype).tiny))  # 0 log 0 = 0 * finite
     top, first = _first_max(rows)
+    if rows.shape[-1] < LONG_ROW:  # a sum that fuses with the others (a dot costs a call)
+        vision_mass = jnp.where(vision, rows, 0.0).sum(-1)
+    else:  # a dot streams long rows faster
+        vision_mass = rows @ vision.astype(rows.dtype)
     return {
         "max_weight": top,
         "entropy": -(rows * logs).sum(-1),
-        "vision_mass": rows @ vision.astype(rows.dtype),
+        "vision_mass": vision_mass,
         "sink_mass": rows[..., 0],
         "argmax": first,
     }
@@ -131,9 +136,10 @@ def _first_max(rows: jax.Array, block: int = ARGMAX_BLOCK) -> tuple[jax.Array, j
     """The maximum of ``rows [..., T]`` (weights >= 0) and the first index where it occurs,
     ``[...]`` each, found in two levels: the first block of ``block`` keys holding the
     maximum, then the first index inside it (at 32K keys a quarter of the time of one
-    compare-and-min over all keys; XLA's fused argmax is slower still on CPU)."""
+    compare-and-min over all keys; XLA's fused argmax is slower still on CPU). Rows shorter
+    than ``LONG_ROW`` take one compare-and-min."""
     t = rows.shape[-1]
-    if t <= block:  # one block: one compare-and-min
+    if t < LONG_ROW:  # one compare-and-min
         top = rows.max(-1)
         first = jnp.where(rows == top[..., None], jnp.arange(t), t).min(-1)
         return top, first.astype(jnp.int32)

@@ -5,10 +5,12 @@ computation."""
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from model.attention import (
     ARGMAX_BLOCK,
     CAUSAL_SEGMENTS,
+    LONG_ROW,
     QUERY_BLOCK,
     attention,
     causal_attention,
@@ -62,14 +64,16 @@ def test_pool_max_by_blocks_of_rows_equals_pooling_the_whole_map():
         np.testing.assert_array_equal(pooled, block_max(grid[:length, :length], size))
 
 
-def test_head_stats_argmax_is_the_first_maximum_across_blocks():
-    """Keys over several argmax blocks (the last one partial); ties inside a block, across
-    blocks, and a maximum on the very last key."""
-    t = 2 * ARGMAX_BLOCK + 5
+@pytest.mark.parametrize("t", [3 * ARGMAX_BLOCK + 5, LONG_ROW + 2 * ARGMAX_BLOCK + 5])
+def test_head_stats_of_short_and_long_rows(t):
+    """Both ways of reducing rows (short, long): the first maximum with ties inside a block,
+    across blocks and on the very last key (in a partial block), and the vision mass."""
     rows = np.array(jax.random.uniform(jax.random.key(3), (4, t)))
     rows[0, [7, ARGMAX_BLOCK + 3]] = 2.0  # across blocks: the first
     rows[1, [ARGMAX_BLOCK + 9, ARGMAX_BLOCK + 4]] = 2.0  # inside a block: the first
-    rows[2, -1] = 2.0  # in the partial last block
-    stats = head_stats(jnp.asarray(rows), jnp.zeros(t, bool))
+    rows[2, -1] = 2.0
+    vision = np.arange(t) % 3 == 1
+    stats = head_stats(jnp.asarray(rows), jnp.asarray(vision))
     np.testing.assert_array_equal(stats["argmax"], rows.argmax(-1))
     np.testing.assert_array_equal(stats["max_weight"], rows.max(-1))
+    np.testing.assert_allclose(stats["vision_mass"], (rows * vision).sum(-1), rtol=1e-5)
