@@ -78,10 +78,12 @@ class _TokenTexts:
 
     def __call__(self, ids) -> tuple[str, ...]:
         ids = np.asarray(ids).ravel().tolist()
-        missing = sorted({i for i in ids if i not in self._cache})
-        if missing:
+        try:
+            return tuple(map(self._cache.__getitem__, ids))
+        except KeyError:  # first sight of some ids: one tokenizer call for all of them
+            missing = sorted({i for i in ids if i not in self._cache})
             self._cache.update(zip(missing, self._processor.token_texts(missing), strict=True))
-        return tuple(map(self._cache.__getitem__, ids))
+            return tuple(map(self._cache.__getitem__, ids))
 
 
 def run_info(
