@@ -50,7 +50,9 @@ def settings_with(overrides: list[str]) -> GRPOSettings:
         name, _, value = item.partition("=")
         if name not in kinds:
             raise SystemExit(f"--set: no GRPOSettings field {name!r} (fields: {', '.join(kinds)})")
-        changes[name] = kinds[name](value)
+        if kinds[name] is bool and value.lower() not in ("true", "false"):
+            raise SystemExit(f"--set {name}: true or false, not {value!r}")
+        changes[name] = value.lower() == "true" if kinds[name] is bool else kinds[name](value)
     return dataclasses.replace(DEFAULT_SETTINGS, **changes)
 
 

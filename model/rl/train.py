@@ -60,6 +60,7 @@ class GRPOSettings:
     clip_eps: float = 0.2
     kl_coef: float = 0.04
     updates_per_batch: int = 2  # mu: optimizer updates on each sampled batch
+    train_vision: bool = True  # False: the vision tower stays as pretrained (no gradient)
 
     def objective(self) -> grpo.GRPOConfig:
         return grpo.GRPOConfig(self.clip_eps, self.kl_coef, self.temperature)
@@ -81,12 +82,18 @@ class StepResult:
     credit: list[list[np.ndarray]]  # [P][G] per-token credit of each answer (EOS included)
 
 
-def _make_update(graphdef, optimizer, objective: grpo.GRPOConfig):
+def _make_update(graphdef, optimizer, objective: grpo.GRPOConfig, train_vision: bool = True):
     """The jitted ``logprobs(state, seqs) -> [B, L]`` (log-probs of the targets at the
     sampling temperature) and update ``(state, opt_state, seqs, advantages [B], old_logp
-    [B, L], ref_logp [B, L]) -> (state, opt_state, metrics, credit [B, L])``."""
+    [B, L], ref_logp [B, L]) -> (state, opt_state, metrics, credit [B, L])``. With
+    ``train_vision`` False the vision tower's parameters get no gradient (zero: AdamW leaves
+    them as they are, and XLA drops the vision tower's backward pass)."""
 
     def forward(state, seqs):
+        if not train_vision:
+            state = jax.tree_util.tree_map_with_path(
+                lambda path, x: jax.lax.stop_gradient(x) if _is_vision(path) else x, state
+            )
         return policy.forward_windows(nnx.merge(graphdef, state), seqs)
 
     @jax.jit
@@ -112,6 +119,10 @@ def _make_update(graphdef, optimizer, objective: grpo.GRPOConfig):
     return logprobs, update
 
 
+def _is_vision(path) -> bool:
+    return bool(path) and getattr(path[0], "key", None) == "visual"
+
+
 class GRPOTrainer:
     """The policy being trained, its frozen initial copy, AdamW and the compiled update."""
 
@@ -125,7 +136,7 @@ class GRPOTrainer:
         )
         self.opt_state = self.optimizer.init(self.state)
         self._logprobs, self._update = _make_update(
-            self.graphdef, self.optimizer, settings.objective()
+            self.graphdef, self.optimizer, settings.objective(), settings.train_vision
         )
         self.eos_ids = sorted(processor.eos_token_ids)
 
