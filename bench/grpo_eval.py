@@ -1,18 +1,21 @@
 """Benchmark: GRPO updates from the shipped checkpoint raise the eval reward.
 
-    python -m bench.grpo_eval [--updates 50] [--per-type 50] [--seed 0] [--model DIR]
+    python -m bench.grpo_eval [--updates 50] [--per-type 150] [--seed 0] [--model DIR]
+                              [--set learning_rate=2e-4 --set prompts_per_step=64 ...]
 
 Eval on the eval split, then ``--updates`` GRPO steps on the train split (the settings of
-``python -m model rl``: each step samples a group for each of P questions and makes one
-update), then the same eval again. Two evals: greedy answers to the first ``--per-type``
-questions of each type, and 8 answers sampled at temperature 1 (the policy GRPO samples
-from and optimises) to the first ``--per-type / 2``. Prints reward and accuracy per
-question type before and after, and the wall times.
+``python -m model rl``, ``GRPOSettings`` fields overridden by ``--set``: each step samples a
+group for each of P questions and makes ``updates_per_batch`` optimizer updates), then the
+same eval again. Two evals of the first ``--per-type`` questions of each type: greedy
+answers, and 8 answers sampled at temperature 1 (the policy GRPO samples from and
+optimises). Prints reward and accuracy per question type before and after, the paired change
+per type with its standard error, and the wall times.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 from pathlib import Path
 
@@ -21,7 +24,7 @@ import numpy as np
 from model.checkpoint import load_pretrained
 from model.processor import Processor
 from model.rl import evaluate
-from model.rl.train import DEFAULT_MODEL, GRPOTrainer
+from model.rl.train import DEFAULT_MODEL, DEFAULT_SETTINGS, GRPOSettings, GRPOTrainer
 from model.tasks import QTYPES, Task
 
 SAMPLES = 8  # sampled answers per question in the sampled eval
@@ -36,13 +39,32 @@ def paired_gain(before: list[float], after: list[float], per_question: int) -> t
     return float(diff.mean()), float(diff.std(ddof=1) / np.sqrt(len(diff)))
 
 
+def settings_with(overrides: list[str]) -> GRPOSettings:
+    """``DEFAULT_SETTINGS`` with ``field=value`` overrides (the field's own type)."""
+    kinds = {
+        f.name: type(getattr(DEFAULT_SETTINGS, f.name))
+        for f in dataclasses.fields(DEFAULT_SETTINGS)
+    }
+    changes = {}
+    for item in overrides:
+        name, _, value = item.partition("=")
+        if name not in kinds:
+            raise SystemExit(f"--set: no GRPOSettings field {name!r} (fields: {', '.join(kinds)})")
+        if kinds[name] is bool and value.lower() not in ("true", "false"):
+            raise SystemExit(f"--set {name}: true or false, not {value!r}")
+        changes[name] = value.lower() == "true" if kinds[name] is bool else kinds[name](value)
+    return dataclasses.replace(DEFAULT_SETTINGS, **changes)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default=str(DEFAULT_MODEL), metavar="DIR")
     p.add_argument("--updates", type=int, default=50)
-    p.add_argument("--per-type", type=int, default=50)
+    p.add_argument("--per-type", type=int, default=150)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE")
     args = p.parse_args(argv)
+    settings = settings_with(args.set)
 
     m = load_pretrained(Path(args.model))
     processor = Processor.from_pretrained(Path(args.model))
@@ -50,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def sampled(model):
         return evaluate.evaluate_sampled(
-            model, processor, eval_task, args.per_type // 2, temperature=1.0, samples=SAMPLES
+            model, processor, eval_task, args.per_type, temperature=1.0, samples=SAMPLES
         )
 
     start = time.perf_counter()
@@ -58,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     eval_s = time.perf_counter() - start
     before_sampled = sampled(m)
 
-    trainer = GRPOTrainer(m, processor)
+    trainer = GRPOTrainer(m, processor, settings)
     print(f"settings: {trainer.settings}")
     start = time.perf_counter()
     for step in range(args.updates):
@@ -79,13 +101,15 @@ def main(argv: list[str] | None = None) -> int:
         ("sampled answers (temperature 1, 8 per question)", before_sampled, after_sampled),
     ):
         print(f"\n{title}")
-        header = ("type", "n", "reward before", "after", "acc before", "after")
-        print("{:<8} {:>5} {:>14} {:>7} {:>11} {:>7}".format(*header))
+        per = 1 if b_ is before else SAMPLES
+        header = ("type", "n", "reward before", "after", "change ± s.e.", "acc before", "after")
+        print("{:<8} {:>5} {:>14} {:>7} {:>15} {:>11} {:>7}".format(*header))
         for q in (*QTYPES, "all"):
             b, a = b_[q], a_[q]
+            gain, se = paired_gain(b["rewards"], a["rewards"], per)
             print(
                 f"{q:<8} {b['n']:>5} {b['reward']:>14.3f} {a['reward']:>7.3f} "
-                f"{b['accuracy']:>11.1%} {a['accuracy']:>7.1%}"
+                f"{gain:>+8.3f} ± {se:.3f} {b['accuracy']:>11.1%} {a['accuracy']:>7.1%}"
             )
     print()
     for title, b_, a_, per in (

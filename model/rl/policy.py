@@ -25,6 +25,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from model import layers
+from model.attention import attention
 from model.config import Qwen3VLConfig
 from model.rope import get_rope_index
 from model.vision import grid_inputs
@@ -123,8 +125,9 @@ def pack(
     )
 
 
-def forward(m: nnx.Module, seqs: Sequences) -> jax.Array:
-    """Float32 logits ``[B, L, vocab]`` of ``seqs`` under the Qwen3VL module ``m``."""
+def _embed(m: nnx.Module, seqs: Sequences):
+    """Input embeddings ``[B, L, D]`` of ``seqs`` with the images in their slots, and the
+    DeepStack features ``[k, B, L, D]`` (zero off the image tokens) or None."""
     x = m.language_model.embed_tokens(seqs.input_ids)
     image, deep = jax.vmap(lambda px: m.visual(px, **seqs.vision))(seqs.pixels)
     rows = jnp.arange(x.shape[0])[:, None]
@@ -136,9 +139,104 @@ def forward(m: nnx.Module, seqs: Sequences) -> jax.Array:
         deepstack = (
             jnp.zeros((n_deep, *x.shape), x.dtype).at[:, rows, seqs.image_slots].set(per_row)
         )
+    return x, deepstack
+
+
+def forward(m: nnx.Module, seqs: Sequences) -> jax.Array:
+    """Float32 logits ``[B, L, vocab]`` of ``seqs`` under the Qwen3VL module ``m``."""
+    x, deepstack = _embed(m, seqs)
     cos, sin = m.cos_sin(seqs.positions)
     h, *_ = m.language_model(x, cos, sin, deepstack)
     return m.head(h)
+
+
+@dataclasses.dataclass(frozen=True)
+class Windows:
+    """Answers to shared prompts, laid out so each prompt's forward runs once (a pytree).
+
+    ``prompts`` holds the ``P`` prompts alone (one row each, no answer); answer row ``b``
+    answers prompt ``prompt_of_row[b]`` and is a window of ``W`` positions of its full row
+    (prompt + answer, as ``pack`` lays it out), starting at the prompt's last token
+    (``start[b]`` = prompt length - 1), the position that predicts the first answer token.
+    A window attends to the prompt's first ``start[b]`` positions and causally to itself.
+    ``targets``, ``mask`` are those of the full row at the window's positions.
+    """
+
+    prompts: Sequences  # P rows
+    prompt_of_row: np.ndarray  # [B] int32
+    start: np.ndarray  # [B] int32
+    input_ids: np.ndarray  # [B, W] int32
+    positions: np.ndarray  # [3, B, W] int32
+    targets: np.ndarray  # [B, W] int32
+    mask: np.ndarray  # [B, W] float32
+
+
+jax.tree_util.register_dataclass(
+    Windows, data_fields=[f.name for f in dataclasses.fields(Windows)], meta_fields=[]
+)
+
+
+def pack_windows(
+    config: Qwen3VLConfig,
+    prompts: list[dict],
+    answers: list[list[int]],
+    prompt_of_row: list[int],
+    length: int,
+    width: int,
+    pad_id: int,
+) -> Windows:
+    """``pack``'s rows as ``Windows`` of ``width`` positions (``width`` >= the longest answer;
+    full rows padded to ``length``)."""
+    if max(len(a) for a in answers) > width:
+        raise ValueError(f"an answer is longer than the window width {width}")
+    full = pack(config, prompts, answers, prompt_of_row, length + width, pad_id)
+    alone = pack(config, prompts, [[] for _ in prompts], list(range(len(prompts))), length, pad_id)
+    start = np.asarray(
+        [np.asarray(prompts[p]["input_ids"]).size - 1 for p in prompt_of_row], np.int32
+    )
+    cols = start[:, None] + np.arange(width)  # [B, W]
+    rows = np.arange(len(answers))[:, None]
+    return Windows(
+        prompts=alone,
+        prompt_of_row=np.asarray(prompt_of_row, np.int32),
+        start=start,
+        input_ids=full.input_ids[rows, cols],
+        positions=full.positions[:, rows, cols],
+        targets=full.targets[rows, cols],
+        mask=full.mask[rows, cols],
+    )
+
+
+def forward_windows(m: nnx.Module, w: Windows) -> jax.Array:
+    """Float32 logits ``[B, W, vocab]`` of the windows ``w``: equal to ``forward`` of the full
+    rows at the windows' positions, with each prompt's decoder pass (and vision tower) run
+    once for all the answers to it instead of once per answer."""
+    x, deepstack = _embed(m, w.prompts)
+    cos, sin = m.cos_sin(w.prompts.positions)
+    _, keys, values, _ = m.language_model(x, cos, sin, deepstack)  # [L, P, Hkv, T, hd]
+    keys, values = keys[:, w.prompt_of_row], values[:, w.prompt_of_row]  # [L, B, Hkv, T, hd]
+    width, length = w.input_ids.shape[1], keys.shape[3]
+    prompt_mask = jnp.arange(length)[None, :] < w.start[:, None]  # [B, T]: before the window
+    causal = jnp.tril(jnp.ones((width, width), bool))
+    mask = jnp.concatenate(
+        [
+            jnp.broadcast_to(prompt_mask[:, None], (len(w.start), width, length)),
+            jnp.broadcast_to(causal, (len(w.start), width, width)),
+        ],
+        axis=-1,
+    )  # [B, W, T + W]
+    cos, sin = m.cos_sin(w.positions)
+
+    def body(layer, h, kv):
+        q, k, v = layer.qkv(h, cos, sin)
+        out, _ = attention(
+            q, jnp.concatenate([kv[0], k], axis=2), jnp.concatenate([kv[1], v], axis=2), mask
+        )
+        return layer.finish(h, out), None
+
+    text = m.language_model
+    h, _ = layers.scan(text.layers, body, text.embed_tokens(w.input_ids), (keys, values))
+    return m.head(text.norm(h))
 
 
 @functools.partial(jax.jit, static_argnums=0)

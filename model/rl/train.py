@@ -14,8 +14,10 @@ One GRPO step (``GRPOTrainer.step``):
    each sampled batch this way learns more per sampled answer, sampling being the slow part
    on a CPU.
 
-The update runs on a fixed shape (``P * G`` rows of ``LENGTH`` tokens, ``P`` images), so it
-is compiled once and reused by every update of every step.
+The update runs on a fixed shape (``P`` prompts of ``LENGTH - max_new_tokens`` tokens with
+their images, and ``P * G`` answer windows of ``max_new_tokens`` tokens), so it is compiled
+once and reused by every update of every step. Each prompt's forward runs once for its ``G``
+answers (``model.rl.policy.forward_windows``): the answers are a tenth of the tokens.
 
 ``python -m model rl --steps N --json`` runs it headless and prints one JSON object per
 update: step, reward_mean, reward_std (over the step's ``P * G`` answers), kl, loss,
@@ -45,7 +47,7 @@ from model.sampling import SamplingParams
 from model.tasks import Example, Task
 
 DEFAULT_MODEL = Path(__file__).resolve().parents[2] / "assets" / "tiny-qwen3vl"
-LENGTH = 96  # tokens per row in the update: the longest prompt (83) + max_new_tokens (8), padded
+LENGTH = 96  # the longest prompt (83) + max_new_tokens (8), padded: prompts get LENGTH - 8
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,6 +60,7 @@ class GRPOSettings:
     clip_eps: float = 0.2
     kl_coef: float = 0.04
     updates_per_batch: int = 2  # mu: optimizer updates on each sampled batch
+    train_vision: bool = True  # False: the vision tower stays as pretrained (no gradient)
 
     def objective(self) -> grpo.GRPOConfig:
         return grpo.GRPOConfig(self.clip_eps, self.kl_coef, self.temperature)
@@ -79,25 +82,31 @@ class StepResult:
     credit: list[list[np.ndarray]]  # [P][G] per-token credit of each answer (EOS included)
 
 
-def _make_update(graphdef, optimizer, objective: grpo.GRPOConfig):
+def _make_update(graphdef, optimizer, objective: grpo.GRPOConfig, train_vision: bool = True):
     """The jitted ``logprobs(state, seqs) -> [B, L]`` (log-probs of the targets at the
-    sampling temperature) and update ``(state, ref_state, opt_state, seqs, advantages [B],
-    old_logp [B, L]) -> (state, opt_state, metrics, credit [B, L])``."""
+    sampling temperature) and update ``(state, opt_state, seqs, advantages [B], old_logp
+    [B, L], ref_logp [B, L]) -> (state, opt_state, metrics, credit [B, L])``. With
+    ``train_vision`` False the vision tower's parameters get no gradient (zero: AdamW leaves
+    them as they are, and XLA drops the vision tower's backward pass)."""
 
     def forward(state, seqs):
-        return policy.forward(nnx.merge(graphdef, state), seqs)
+        if not train_vision:
+            state = jax.tree_util.tree_map_with_path(
+                lambda path, x: jax.lax.stop_gradient(x) if _is_vision(path) else x, state
+            )
+        return policy.forward_windows(nnx.merge(graphdef, state), seqs)
 
     @jax.jit
     def logprobs(state, seqs):
         return grpo.token_logprobs(forward(state, seqs), seqs.targets, objective.temperature)
 
     @jax.jit
-    def update(state, ref_state, opt_state, seqs, advantages, old_logp):
+    def update(state, opt_state, seqs, advantages, old_logp, ref_logp):
         batch = grpo.Batch(
             targets=seqs.targets,
             mask=seqs.mask,
             old_logp=old_logp,
-            ref_logp=logprobs(ref_state, seqs),
+            ref_logp=ref_logp,
             advantages=advantages,
         )
         _, metrics, grads, credit = grpo.grpo_gradients(
@@ -108,6 +117,10 @@ def _make_update(graphdef, optimizer, objective: grpo.GRPOConfig):
         return optax.apply_updates(state, updates), opt_state, metrics, credit
 
     return logprobs, update
+
+
+def _is_vision(path) -> bool:
+    return bool(path) and getattr(path[0], "key", None) == "visual"
 
 
 class GRPOTrainer:
@@ -123,7 +136,7 @@ class GRPOTrainer:
         )
         self.opt_state = self.optimizer.init(self.state)
         self._logprobs, self._update = _make_update(
-            self.graphdef, self.optimizer, settings.objective()
+            self.graphdef, self.optimizer, settings.objective(), settings.train_vision
         )
         self.eos_ids = sorted(processor.eos_token_ids)
 
@@ -154,32 +167,32 @@ class GRPOTrainer:
         generation, rewards [G])``; returns ``(metrics, advantages [P, G], credit [P][G])``:
         the metrics averaged over the updates (``clip_frac`` is 0 in the first, on-policy
         one), the credit of the first update (the policy gradient of the sampled answers). The
-        update's shape is ``P * G`` rows of ``LENGTH`` tokens and ``P`` images: compiled once
-        per ``P``."""
+        update's shape is ``P`` prompts with their images and ``P * G`` answer windows
+        (``policy.pack_windows``): compiled once per ``P`` and ``G``."""
         prompts, answers, prompt_of_row, advantages = [], [], [], []
         for i, (inputs, gen, rewards) in enumerate(groups):
             prompts.append(inputs)
             answers += [gen.tokens[b, : gen.lengths[b]].tolist() for b in range(len(rewards))]
             prompt_of_row += [i] * len(rewards)
             advantages.append(np.asarray(grpo.group_advantages(rewards), np.float32))
-        pad = self.processor.tokenizer.pad_token_id
-        seqs = policy.pack(self.model.config, prompts, answers, prompt_of_row, LENGTH, pad)
+        pad, width = self.processor.tokenizer.pad_token_id, self.settings.max_new_tokens
+        seqs = policy.pack_windows(
+            self.model.config, prompts, answers, prompt_of_row, LENGTH - width, width, pad
+        )
         advantages = np.stack(advantages)
         behaviour = self._logprobs(self.state, seqs)
+        reference = self._logprobs(self.ref_state, seqs)  # once per batch, not per update
         runs = []
         for _ in range(self.settings.updates_per_batch):
             self.state, self.opt_state, metrics, credit = self._update(
-                self.state, self.ref_state, self.opt_state, seqs, advantages.reshape(-1), behaviour
+                self.state, self.opt_state, seqs, advantages.reshape(-1), behaviour, reference
             )
             runs.append((metrics, credit))
         metrics = {k: float(np.mean([m[k] for m, _ in runs])) for k in runs[0][0]}
         credit = np.asarray(runs[0][1])
         per_answer, row = [], 0
-        for _, gen, rewards in groups:
-            start = gen.prompt_length - 1  # position that predicts the first answer token
-            per_answer.append(
-                [credit[row + b, start : start + gen.lengths[b]] for b in range(len(rewards))]
-            )
+        for _, gen, rewards in groups:  # a window starts at the first answer token's logits
+            per_answer.append([credit[row + b, : gen.lengths[b]] for b in range(len(rewards))])
             row += len(rewards)
         return metrics, advantages, per_answer
 

@@ -96,3 +96,30 @@ def test_pack_rejects_rows_longer_than_the_batch():
     rng = np.random.default_rng(0)
     with pytest.raises(ValueError, match="more than the batch length"):
         policy.pack(CONFIG, [_prompt(rng, 3)], [[9] * 10], [0], 16, PAD)
+
+
+def test_windows_share_each_prompts_forward_and_match_the_full_rows(model):
+    """A GRPO batch laid out as windows (each prompt's pass run once for all its answers)
+    gives the logits of the full rows at the answer positions."""
+    rng = np.random.default_rng(0)
+    prompts = [_prompt(rng, 3), _prompt(rng, 5)]
+    answers = [[9, 10, 2], [11, 2], [12, 13, 14, 2], [15]]
+    prompt_of_row = [0, 1, 0, 1]
+    seqs = policy.pack(CONFIG, prompts, answers, prompt_of_row, 20, PAD)
+    windows = policy.pack_windows(CONFIG, prompts, answers, prompt_of_row, 16, 4, PAD)
+    assert windows.prompts.input_ids.shape == (2, 16)
+    graphdef, state = nnx.split(model)
+    full = np.asarray(policy.logits(graphdef, state, seqs))
+    got = np.asarray(jax.jit(policy.forward_windows)(model, windows))
+    assert got.shape == (4, 4, 40)
+    for b, (i, answer) in enumerate(zip(prompt_of_row, answers, strict=True)):
+        start = prompts[i]["input_ids"].shape[1] - 1
+        assert windows.start[b] == start
+        n = len(answer)  # the window's positions that predict an answer token
+        want = full[b, start : start + n]
+        np.testing.assert_allclose(got[b, :n], want, atol=1e-5 * np.abs(want).max())
+        np.testing.assert_array_equal(windows.targets[b, :n], answer)
+        np.testing.assert_array_equal(windows.mask[b], seqs.mask[b, start : start + 4])
+        np.testing.assert_array_equal(windows.mask[b].sum(), n)
+    with pytest.raises(ValueError, match="window width"):
+        policy.pack_windows(CONFIG, prompts, [[9] * 5], [0], 16, 4, PAD)

@@ -115,3 +115,25 @@ def test_cli_bad_model_dir_is_one_line(tmp_path, capsys):
     assert cli.main(["rl", "--model", str(tmp_path / "nope"), "--steps", "1"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "nope" in err
+
+
+def test_without_train_vision_the_vision_tower_stays_as_it_was(tiny_policy, processor):
+    settings = train.GRPOSettings(
+        group_size=4, prompts_per_step=1, max_new_tokens=4, learning_rate=1e-2, train_vision=False
+    )
+    trainer = train.GRPOTrainer(tiny_policy, processor, settings)
+    ex = Task("train", 1).sample(0)
+    inputs = processor.prepare(ex.question, [ex.image])
+    gen, _ = trainer.sample(inputs, seed=3, telemetry=False)
+    trainer.update([(inputs, gen, np.array([1.0, 0.0, 0.0, 0.5], np.float32))])
+    before, after = trainer.ref_state, trainer.state
+    for a, b in zip(
+        jax.tree.leaves(before["visual"]), jax.tree.leaves(after["visual"]), strict=True
+    ):
+        np.testing.assert_array_equal(a, b)
+    text = zip(
+        jax.tree.leaves(before["language_model"]),
+        jax.tree.leaves(after["language_model"]),
+        strict=True,
+    )
+    assert any(not np.array_equal(a, b) for a, b in text)
