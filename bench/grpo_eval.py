@@ -1,7 +1,7 @@
 """Benchmark: GRPO updates from the shipped checkpoint raise the eval reward.
 
     python -m bench.grpo_eval [--updates 50] [--per-type 150] [--seed 0] [--model DIR]
-                              [--set learning_rate=2e-4 --set prompts_per_step=64 ...]
+                              [--set prompts_per_step=16 --set train_vision=true ...]
 
 Eval on the eval split, then ``--updates`` GRPO steps on the train split (the settings of
 ``python -m model rl``, ``GRPOSettings`` fields overridden by ``--set``: each step samples a
