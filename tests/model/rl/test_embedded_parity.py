@@ -5,13 +5,12 @@ import pytest
 
 from model.checkpoint import load_pretrained
 from model.tasks import Task
-
-from .conftest import ASSETS
+from tests.model.conftest import ASSETS
 
 pytestmark = pytest.mark.parity
 
 
-def test_shipped_checkpoint_logits_equal_transformers(processor):
+def test_shipped_checkpoint_logits_equal_transformers(embedded_processor):
     import torch
     from transformers import Qwen3VLForConditionalGeneration
 
@@ -20,14 +19,16 @@ def test_shipped_checkpoint_logits_equal_transformers(processor):
     task = Task("eval", 0)
     for i in range(4):  # one example of each question type
         ex = task.sample(i)
-        p = processor.prepare(ex.question, [ex.image])
+        p = embedded_processor.prepare(ex.question, [ex.image])
         ids = p["input_ids"]
         with torch.no_grad():
             ref = hf(
                 input_ids=torch.tensor(ids, dtype=torch.long),
                 pixel_values=torch.tensor(p["pixel_values"]),
                 image_grid_thw=torch.tensor(p["image_grid_thw"]),
-                mm_token_type_ids=torch.tensor((ids == processor.image_token_id).astype(np.int64)),
+                mm_token_type_ids=torch.tensor(
+                    (ids == embedded_processor.image_token_id).astype(np.int64)
+                ),
             ).logits.numpy()
         got = ours.logits(ids, p["pixel_values"], p["image_grid_thw"])
         err, scale = np.abs(got - ref).max(), np.abs(ref).max()

@@ -17,11 +17,11 @@ STEP_KINDS_TAIL = ["phase", "profile", "phase", "phase", "phase", "phase", "trai
 
 
 @pytest.fixture(scope="module")
-def two_steps(tiny_policy, processor):
+def two_steps(random_model, embedded_processor):
     sink, control = Recorder(), tm.RolloutControl(sample=2, layer=1, head=3)
     trainer = run_grpo(
-        tiny_policy, processor, Task("train", 0), sink=sink, control=control, group_size=4,
-        steps=2, settings=SETTINGS,
+        random_model, embedded_processor, Task("train", 0), sink=sink, control=control,
+        group_size=4, steps=2, settings=SETTINGS,
     )  # fmt: skip
     return sink, trainer
 
@@ -51,7 +51,7 @@ def test_event_sequence(two_steps):
     assert info.sampling["temperature"] == SETTINGS.temperature
 
 
-def test_values_are_the_watched_samples(two_steps, processor):
+def test_values_are_the_watched_samples(two_steps, embedded_processor):
     sink, _ = two_steps
     task = Task("train", 0)
     for step, (train, credit) in enumerate(
@@ -65,7 +65,7 @@ def test_values_are_the_watched_samples(two_steps, processor):
         assert credit.tokens == tuple(e.token_text for e in decodes)
         assert len(credit.credits) == len(decodes)
         ids = [e.token_id for e in decodes]
-        assert credit.reward == task.reward(task.sample(step), processor.decode(ids))
+        assert credit.reward == task.reward(task.sample(step), embedded_processor.decode(ids))
         assert train.rewards.shape == (4,) and train.rewards[2] == credit.reward
         assert train.reward_mean == pytest.approx(float(train.rewards.mean()))
         assert np.isfinite([train.kl, train.loss, train.entropy, train.grad_norm]).all()
@@ -77,12 +77,12 @@ def test_values_are_the_watched_samples(two_steps, processor):
     assert watched == [(0, 2, 1, 3), (1, 2, 1, 3)]
 
 
-def test_the_policy_moves_when_rewards_differ_and_the_update_compiles_once(two_steps, tiny_policy):
+def test_the_policy_moves_when_rewards_differ_and_the_update_compiles_once(two_steps, random_model):
     """A random policy's answers are mostly malformed, and a group whose rewards are all
     equal has zero advantages: the policy must move when some group's rewards differ (when
     none do, AdamW may still turn the float noise of the KL term into a step)."""
     sink, trainer = two_steps
-    before = jax.tree.leaves(nnx.state(tiny_policy))
+    before = jax.tree.leaves(nnx.state(random_model))
     after = jax.tree.leaves(trainer.state)
     moved = any(not np.array_equal(a, b) for a, b in zip(after, before, strict=True))
     spread = any(np.ptp(t.rewards) > 0 for t in sink.of(tm.TrainEvent))
@@ -90,7 +90,7 @@ def test_the_policy_moves_when_rewards_differ_and_the_update_compiles_once(two_s
     assert trainer._update._cache_size() == 1
 
 
-def test_stop_during_decoding_ends_without_another_update(tiny_policy, processor):
+def test_stop_during_decoding_ends_without_another_update(random_model, embedded_processor):
     control = tm.RolloutControl()
 
     def on_event(event):
@@ -99,8 +99,8 @@ def test_stop_during_decoding_ends_without_another_update(tiny_policy, processor
 
     sink = Recorder(on_event)
     run_grpo(
-        tiny_policy, processor, Task("train", 0), sink=sink, control=control, group_size=2,
-        settings=SETTINGS,
+        random_model, embedded_processor, Task("train", 0), sink=sink, control=control,
+        group_size=2, settings=SETTINGS,
     )  # fmt: skip
     assert len(sink.of(tm.TrainEvent)) == 1
     assert sink.events[-1].kind != "train" and sink.events[-1].kind != "credit"

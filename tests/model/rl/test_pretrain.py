@@ -6,10 +6,10 @@ from model.rl import pretrain
 from model.tasks import Task
 
 
-def test_a_batch_asks_several_questions_about_each_scene(processor):
-    config = pretrain.tiny_config(processor)
+def test_a_batch_asks_several_questions_about_each_scene(embedded_processor):
+    config = pretrain.tiny_config(embedded_processor)
     task = Task("train", 0)
-    seqs = pretrain.train_batch(config, processor, task, step=3)
+    seqs = pretrain.train_batch(config, embedded_processor, task, step=3)
     images, per = pretrain.IMAGES_PER_STEP, pretrain.QUESTIONS_PER_IMAGE
     assert seqs.input_ids.shape == (images * per, pretrain.LENGTH)
     assert seqs.pixels.shape[0] == images
@@ -18,9 +18,9 @@ def test_a_batch_asks_several_questions_about_each_scene(processor):
         examples = task.questions(3 * images + j, per)
         for q, ex in enumerate(examples):
             row = j * per + q
-            answer = pretrain.answer_ids(processor, ex.answer)
+            answer = pretrain.answer_ids(embedded_processor, ex.answer)
             # the mask covers exactly the answer tokens, which are the targets there
             np.testing.assert_array_equal(seqs.targets[row][seqs.mask[row] == 1], answer)
         # the image of the scene is the one packed for its rows
-        first = processor.prepare(examples[0].question, [examples[0].image])
+        first = embedded_processor.prepare(examples[0].question, [examples[0].image])
         np.testing.assert_array_equal(seqs.pixels[j], first["pixel_values"])

@@ -15,11 +15,11 @@ from model.tasks import Task
 
 
 @pytest.fixture(scope="module")
-def trainer(tiny_policy, processor):
+def trainer(random_model, embedded_processor):
     settings = train.GRPOSettings(
         group_size=4, prompts_per_step=1, max_new_tokens=4, learning_rate=1e-2
     )
-    return train.GRPOTrainer(tiny_policy, processor, settings)
+    return train.GRPOTrainer(random_model, embedded_processor, settings)
 
 
 def test_steps_update_the_policy_with_one_compiled_update(trainer, monkeypatch):
@@ -50,13 +50,13 @@ def test_steps_update_the_policy_with_one_compiled_update(trainer, monkeypatch):
     assert any(not np.array_equal(a, b) for a, b in zip(after, before, strict=True))
 
 
-def test_each_sampled_batch_gets_updates_per_batch_updates(tiny_policy, processor):
+def test_each_sampled_batch_gets_updates_per_batch_updates(random_model, embedded_processor):
     task = Task("train", 2)
     for mu in (1, 2):
         settings = train.GRPOSettings(
             group_size=4, prompts_per_step=1, max_new_tokens=4, updates_per_batch=mu
         )
-        trainer = train.GRPOTrainer(tiny_policy, processor, settings)
+        trainer = train.GRPOTrainer(random_model, embedded_processor, settings)
         result = trainer.step(task, trainer.step_examples(task, 0), seed=0)
         assert int(optax.tree.get(trainer.opt_state, "count")) == mu
         if mu == 1:  # a single update is on-policy: its ratio is 1, nothing is clipped
@@ -77,15 +77,15 @@ def test_update_credit_follows_the_advantage(trainer):
         assert (np.sign(c[np.abs(c) > 1e-6]) == np.sign(adv)).all()
 
 
-def test_several_groups_per_update_are_normalised_group_by_group(tiny_policy, processor):
+def test_several_groups_per_update_are_normalised_group_by_group(random_model, embedded_processor):
     settings = train.GRPOSettings(group_size=3, prompts_per_step=2, max_new_tokens=4)
-    trainer = train.GRPOTrainer(tiny_policy, processor, settings)
+    trainer = train.GRPOTrainer(random_model, embedded_processor, settings)
     task = Task("train", 2)
     examples = trainer.step_examples(task, 1)
     assert [ex.question for ex in examples] == [task.sample(2).question, task.sample(3).question]
     groups = []
     for i, ex in enumerate(examples):
-        inputs = processor.prepare(ex.question, [ex.image])
+        inputs = embedded_processor.prepare(ex.question, [ex.image])
         gen, _ = trainer.sample(inputs, seed=i, telemetry=False)
         groups.append((inputs, gen, np.array([1.0, 0.0, 0.5][i:] + [1.0, 0.0, 0.5][:i], "f4")))
     metrics, advantages, credit = trainer.update(groups)
@@ -96,9 +96,9 @@ def test_several_groups_per_update_are_normalised_group_by_group(tiny_policy, pr
     assert np.isfinite(list(metrics.values())).all()
 
 
-def test_cli_prints_one_json_object_per_update(tiny_policy, processor, tmp_path, capsys):
+def test_cli_prints_one_json_object_per_update(random_model, embedded_processor, tmp_path, capsys):
     model_dir = tmp_path / "tiny"
-    save_pretrained(tiny_policy, model_dir)
+    save_pretrained(random_model, model_dir)
     for f in train.DEFAULT_MODEL.iterdir():
         if f.name.startswith(("tokenizer", "preprocessor")):
             shutil.copy(f, model_dir)
@@ -117,13 +117,13 @@ def test_cli_bad_model_dir_is_one_line(tmp_path, capsys):
     assert len(err.splitlines()) == 1 and "nope" in err
 
 
-def test_without_train_vision_the_vision_tower_stays_as_it_was(tiny_policy, processor):
+def test_without_train_vision_the_vision_tower_stays_as_it_was(random_model, embedded_processor):
     settings = train.GRPOSettings(
         group_size=4, prompts_per_step=1, max_new_tokens=4, learning_rate=1e-2, train_vision=False
     )
-    trainer = train.GRPOTrainer(tiny_policy, processor, settings)
+    trainer = train.GRPOTrainer(random_model, embedded_processor, settings)
     ex = Task("train", 1).sample(0)
-    inputs = processor.prepare(ex.question, [ex.image])
+    inputs = embedded_processor.prepare(ex.question, [ex.image])
     gen, _ = trainer.sample(inputs, seed=3, telemetry=False)
     trainer.update([(inputs, gen, np.array([1.0, 0.0, 0.0, 0.5], np.float32))])
     before, after = trainer.ref_state, trainer.state
