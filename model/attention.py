@@ -14,7 +14,7 @@ NEG_INF = jnp.finfo(jnp.float32).min
 QUERY_BLOCK = 64  # most queries per block of causal_attention (its scores stay in cache)
 CAUSAL_SEGMENTS = 4  # causal_attention's segments, each reading only the keys it needs
 ARGMAX_BLOCK = 128  # keys per block of head_stats' two-level argmax
-LONG_ROW = 2048  # head_stats reduces rows of at least this many keys the way long rows like
+LONG_ROW = 2048  # keys from which head_stats takes a dot and a two-level argmax (faster)
 
 
 def attention(
@@ -132,13 +132,13 @@ def head_stats(rows: jax.Array, vision: jax.Array) -> dict[str, jax.Array]:
     }
 
 
-def _first_max(rows: jax.Array, block: int = ARGMAX_BLOCK) -> tuple[jax.Array, jax.Array]:
+def _first_max(rows: jax.Array) -> tuple[jax.Array, jax.Array]:
     """The maximum of ``rows [..., T]`` (weights >= 0) and the first index where it occurs,
-    ``[...]`` each, found in two levels: the first block of ``block`` keys holding the
+    ``[...]`` each, found in two levels: the first block of ``ARGMAX_BLOCK`` keys holding the
     maximum, then the first index inside it (at 32K keys a quarter of the time of one
     compare-and-min over all keys; XLA's fused argmax is slower still on CPU). Rows shorter
     than ``LONG_ROW`` take one compare-and-min."""
-    t = rows.shape[-1]
+    t, block = rows.shape[-1], ARGMAX_BLOCK
     if t < LONG_ROW:  # one compare-and-min
         top = rows.max(-1)
         first = jnp.where(rows == top[..., None], jnp.arange(t), t).min(-1)

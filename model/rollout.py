@@ -83,7 +83,7 @@ class _TokenTexts:
         except KeyError:  # first sight of some ids: one tokenizer call for all of them
             missing = sorted({i for i in ids if i not in self._cache})
             self._cache.update(zip(missing, self._processor.token_texts(missing), strict=True))
-            return tuple(map(self._cache.__getitem__, ids))
+        return tuple(map(self._cache.__getitem__, ids))
 
 
 def run_info(
