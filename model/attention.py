@@ -88,8 +88,10 @@ def cached_attention(
 
     ``q [B, 1, Hq, D]``; each cache is ``(k [B, Hkv, S, D], v [B, Hkv, D, S], mask [S])``:
     keys, values transposed (``model.kv_cache``) and which of its ``S`` slots may be attended.
-    Returns ``out [B, 1, Hq, D]`` and ``probs [B, Hq, 1, sum(S)]`` float32: one softmax over
-    the slots of all caches, in order. The arithmetic of ``attention``.
+    Returns ``out [B, 1, Hq, D]``, ``probs [B, Hq, 1, sum(S)]`` float32: one softmax over
+    the slots of all caches, in order, and its parts ``(scores, top, lse)``: the scores it
+    took (shaped as ``probs``, masked slots ``NEG_INF``), their maximum and log-sum-exp
+    ``[B, Hq, 1]`` each (``probs = exp(scores - lse)``). The arithmetic of ``attention``.
     """
     b, tq, hq, d = q.shape
     hkv = caches[0][0].shape[1]
@@ -100,14 +102,21 @@ def cached_attention(
         s = jnp.einsum("bqkgd,bksd->bkgqs", q, k) * scale
         return jnp.where(mask, s.astype(jnp.float32), NEG_INF)
 
-    probs = jax.nn.softmax(jnp.concatenate([scores(k, m) for k, _, m in caches], -1), axis=-1)
+    logits = jnp.concatenate([scores(k, m) for k, _, m in caches], -1)  # [B, Hkv, G, 1, S]
+    top = logits.max(-1, keepdims=True)
+    unnormalized = jnp.exp(logits - top)
+    total = unnormalized.sum(-1, keepdims=True)
+    probs = unnormalized / total  # jax.nn.softmax, with its parts kept
+    lse = top + jnp.log(total)
     out, start = 0, 0
     for k, v, _ in caches:
         size = k.shape[2]
         p = probs[..., start : start + size].astype(v.dtype)
         out = out + jnp.einsum("bkgqs,bkds->bqkgd", p, v)
         start += size
-    return out.reshape(b, tq, hq, d), probs.reshape(b, hq, tq, -1)
+    rows = (b, hq, tq, -1)
+    parts = (logits.reshape(rows), top.reshape(rows[:3]), lse.reshape(rows[:3]))
+    return out.reshape(b, tq, hq, d), probs.reshape(rows), parts
 
 
 def head_stats(rows: jax.Array, vision: jax.Array) -> dict[str, jax.Array]:
@@ -119,16 +128,30 @@ def head_stats(rows: jax.Array, vision: jax.Array) -> dict[str, jax.Array]:
     """
     logs = jnp.log(jnp.maximum(rows, jnp.finfo(rows.dtype).tiny))  # 0 log 0 = 0 * finite
     top, first = _first_max(rows)
-    if rows.shape[-1] < LONG_ROW:  # a sum that fuses with the others (a dot costs a call)
-        vision_mass = jnp.where(vision, rows, 0.0).sum(-1)
-    else:  # a dot streams long rows faster
-        vision_mass = rows @ vision.astype(rows.dtype)
     return {
         "max_weight": top,
         "entropy": -(rows * logs).sum(-1),
-        "vision_mass": vision_mass,
+        "vision_mass": rows @ vision.astype(rows.dtype),
         "sink_mass": rows[..., 0],
         "argmax": first,
+    }
+
+
+def softmax_stats(rows: jax.Array, parts, vision: jax.Array) -> dict[str, jax.Array]:
+    """``head_stats`` of rows that ``cached_attention`` returned with their softmax's
+    ``parts = (scores [..., Tk], top [...], lse [...])``, in fewer passes over the keys: the
+    largest weight is ``exp(top - lse)``, the first key scoring ``top`` holds it, and the
+    entropy needs no logarithm per key, ``-sum p log p = lse - sum p * scores``."""
+    scores, top, lse = parts
+    t = rows.shape[-1]
+    first = jnp.where(scores == top[..., None], jnp.arange(t, dtype=jnp.float32), t).min(-1)
+    scored = jnp.matmul(rows[..., None, :], scores[..., None])[..., 0, 0]  # sum p * scores
+    return {
+        "max_weight": jnp.exp(top - lse),
+        "entropy": lse - scored,  # masked keys: weight 0, score finite
+        "vision_mass": rows @ vision.astype(rows.dtype),
+        "sink_mass": rows[..., 0],
+        "argmax": first.astype(jnp.int32),
     }
 
 

@@ -11,7 +11,7 @@ Flow of ``generate``:
    of queries at a time, so memory grows as ``T x block``, not ``T x T``) writes every
    layer's keys and values into the cache; the first new token is sampled from the logits
    of the last prompt position.
-3. ``_decode`` per chunk of ``n <= CHUNK`` further tokens (``n`` is traced: any chunk length
+3. ``_decode`` per chunk of ``n <= chunk_steps`` further tokens (``n`` is traced: any length
    runs the same program): a ``lax.while_loop`` feeds the newest token of every row, attends,
    and samples the next token (step ``s`` with ``fold_in(key, s)``); it ends after ``n``
    steps or once every row has sampled an EOS. Each step writes its keys and values to a
@@ -26,7 +26,10 @@ Telemetry (``telemetry=True``) for one watched batch row ``sample`` is computed 
 programs, for every token: per layer and query head ``[L, H]`` the max weight, entropy, vision
 mass, sink mass and argmax of the attention row of the newest query; the full row of the
 selected ``(layer, head)``; the sampled token's probability and the top-5 alternatives; the
-cache length and the query's mRoPE position. A chunk stacks them per step, ``[CHUNK, ...]``.
+cache length and the query's mRoPE position. A chunk's loop only stores each step's attention
+rows of the watched sample (``[L, H, C + n]`` weights and scores) and log-probabilities, and
+reduces them for all its steps at once after the loop, ``[n, ...]``; ``chunk_steps`` caps
+``n`` so that these rows stay within ``TELEMETRY_BYTES`` at long contexts.
 The prefill adds the selected head's ``T x T`` map, block-max pooled on the device to at most
 ``MAP_SIZE x MAP_SIZE`` one block of queries at a time (no ``T x T`` array exists). The
 selection ``(sample, layer, head)`` and the sampling
@@ -35,11 +38,11 @@ read before it was dispatched. ``telemetry=False`` runs a separately compiled va
 computes none of it.
 
 Host side: a chunk is sized to take about ``CHUNK_SECONDS`` at the measured time per step (one
-step until measured, one while paused, at most ``CHUNK``), so a slow model still reaches the
+step until measured, one while paused, at most ``chunk_steps``), so a slow model still reaches the
 viewer a few tokens at a time. Chunk ``c + 1`` is dispatched before chunk ``c``'s results are
 fetched, so the host's work on a chunk (unpacking, one callback per token) overlaps the device
 computing the next. Per chunk, one array of tokens, or with telemetry two arrays of
-``O(CHUNK * (L * H + capacity))`` numbers, leave the device.
+``O(n * (L * H + capacity))`` numbers, leave the device.
 
 Compiled programs are module-level ``jax.jit`` functions keyed by the model's graph and the
 shapes (batch, prompt bucket, capacity); a second ``generate`` of the same shapes compiles
@@ -58,7 +61,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from model.attention import cached_attention, head_stats, pool_max
+from model.attention import cached_attention, head_stats, pool_max, softmax_stats
 from model.kv_cache import KVCache
 from model.qwen3_vl import Prompt, Qwen3VL, encode, merge, prepare_prompt, split
 from model.sampling import GREEDY, TOP_ALTERNATIVES, SamplingParams, sample, top_alternatives
@@ -70,6 +73,7 @@ PROMPT_BUCKET = 32  # prompts are padded to a multiple of this many tokens
 CAPACITY_BUCKET = 128  # default cache capacities are multiples of this
 CHUNK = 32  # most decode steps per compiled call
 CHUNK_SECONDS = 0.02  # a chunk is sized to take about this long
+TELEMETRY_BYTES = 1 << 24  # most bytes of attention rows a chunk buffers (chunk_steps)
 
 
 # --- device side: forward passes --------------------------------------------------------
@@ -129,7 +133,8 @@ def step_forward(
     (``unstack_layers``). Returns logits ``[B, V]``, the updated ``recent`` and the
     observations of the watched row (``None`` without a ``selection``): ``"rows"
     [L, H, C + S]``, its attention over the slots of ``cache`` (0 from ``start`` on), then over
-    those of ``recent``, which hold positions ``start, start + 1, ...``.
+    those of ``recent``, which hold positions ``start, start + 1, ...``, and ``"softmax"``,
+    their scores ``[L, H, C + S]``, maximum and log-sum-exp ``[L, H]`` (``softmax_stats``).
 
     The layers run as an unrolled Python loop over per-layer weights and cache buffers:
     slicing stacked arrays inside a compiled loop would copy them every step.
@@ -140,11 +145,11 @@ def step_forward(
     cos, sin = m.cos_sin(jnp.broadcast_to((pos + deltas)[None, :, None], (3, len(deltas), 1)))
     before = jnp.arange(cache.capacity) < start  # [C]
     so_far = jnp.arange(recent.capacity) <= recent.length  # [S]
-    rows = []
+    rows, softmax = [], []
     for index, layer in enumerate(layer_modules(m, layer_weights)):
         q, k, v = layer.qkv(x, cos, sin)
         recent = recent.write_token(index, k, v)
-        out, probs = cached_attention(
+        out, probs, parts = cached_attention(
             q,
             (
                 (cache.k[index], cache.v[index], before),
@@ -153,11 +158,13 @@ def step_forward(
         )
         if selection is not None:
             rows.append(probs[selection[0], :, 0])  # [H, C + S]
+            softmax.append([part[selection[0], :, 0] for part in parts])
         x = layer.finish(x, out)
     recent = dataclasses.replace(recent, length=recent.length + 1)
     obs = None
     if selection is not None:
-        obs = {"rows": jnp.stack(rows), "start": start}  # [L, H, C + S]
+        parts = [jnp.stack(part) for part in zip(*softmax, strict=True)]
+        obs = {"rows": jnp.stack(rows), "softmax": parts, "start": start}
     return m.head(m.language_model.norm(x[:, 0])), recent, obs
 
 
@@ -177,42 +184,34 @@ def unstack_layers(graph, weights) -> list[list[jax.Array]]:
     return [[a[i] for a in leaves] for i in range(leaves[0].shape[0])]
 
 
-def _token_telemetry(obs, vision, tokens, logp, selection, cache_len, position):
-    """The watched row's telemetry of one step packed into ``(floats, ints)``, two arrays,
-    because each array fetched costs the host a fixed overhead: ``floats`` are the
-    ``HeadStats.METRICS`` ``[4 * L * H]``, the selected head's row ``[C]`` and the
-    log-probabilities ``[V]``; ``ints`` the argmax ``[L * H]``, every row's token ``[B]``, the
-    cache length and the query's position (t, h, w). ``_alternatives`` then replaces the
-    log-probabilities (see ``_Unpacked`` for the final layout)."""
+def _telemetry(obs, vision, tokens, logp, selection, cache_len, position):
+    """The watched row's telemetry of ``n`` steps packed into ``(floats [n, F], ints [n, I])``,
+    two arrays, because each array fetched costs the host a fixed overhead (``_Unpacked``
+    gives the layout). Per step: ``obs["rows"] [n, L, H, Tk]`` (``"softmax"`` and ``"start"``
+    for decode steps, ``step_forward``), ``tokens [n, B]``, the watched row's
+    log-probabilities ``logp [n, V]``, ``cache_len [n]`` and the query's ``position [n, 3]``;
+    ``vision [C]`` marks the image tokens of the watched row's cache."""
     sample, layer, head = selection
-    rows, vision = obs["rows"], vision[sample]  # [L, H, Tk], [C]
-    c = vision.shape[0]
-    extra = rows.shape[-1] - c  # a decode step: the chunk's own slots, after the main cache's
-    stats = head_stats(rows, jnp.pad(vision, (0, extra)))  # generated tokens are text
-    row = rows[layer, head]
+    rows = obs["rows"]
+    n, c = rows.shape[0], vision.shape[0]
+    extra = rows.shape[-1] - c  # a decode chunk's own slots, after the main cache's
+    vision = jnp.pad(vision, (0, extra))  # generated tokens are text
+    if "softmax" in obs:
+        stats = softmax_stats(rows, obs["softmax"], vision)
+    else:
+        stats = head_stats(rows, vision)
+    row = rows[:, layer, head]  # [n, Tk]
     if extra:  # slot c + j holds position start + j (where the main cache's slots weigh 0)
         start = obs["start"]
         argmax = stats["argmax"]
         stats["argmax"] = jnp.where(argmax < c, argmax, start + argmax - c)
-        row = jax.lax.dynamic_update_slice(row, row[c:], (start,))[:c]
-    floats = [stats[k].ravel() for k in HeadStats.METRICS] + [row, logp[sample]]
-    ints = [stats["argmax"].ravel(), tokens, jnp.stack([cache_len, *position])]
-    return jnp.concatenate(floats), jnp.concatenate([i.astype(jnp.int32) for i in ints])
-
-
-def _alternatives(floats, ints, selection, vocab: int, batch: int):
-    """``_token_telemetry``'s arrays stacked per step, ``[n, ...]``, with each step's
-    log-probabilities replaced by the sampled token's probability and the top-5 alternatives
-    (one top-k for all steps: per step inside the decode loop it costs as much again as the
-    rest of the telemetry)."""
-    logp = floats[:, -vocab:]
-    n = ints.shape[1] - batch - 4  # L * H
-    token = jax.lax.dynamic_slice_in_dim(ints, n + selection[0], 1, axis=1)  # [n, 1]
+        row = jax.lax.dynamic_update_slice(row, row[:, c:], (0, start))[:, :c]
+    token = jax.lax.dynamic_slice_in_dim(tokens, sample, 1, axis=1)  # [n, 1]
     prob = jnp.exp(jnp.take_along_axis(logp, token, axis=1, mode="clip"))
     top_ids, top_probs = top_alternatives(logp)
-    floats = jnp.concatenate([floats[:, :-vocab], prob, top_probs], axis=1)
-    ints = jnp.concatenate([ints[:, : n + batch], top_ids, ints[:, n + batch :]], axis=1)
-    return floats, ints
+    floats = [stats[k].reshape(n, -1) for k in HeadStats.METRICS] + [row, prob, top_probs]
+    ints = [stats["argmax"].reshape(n, -1), tokens, top_ids, cache_len[:, None], position]
+    return jnp.concatenate(floats, 1), jnp.concatenate([i.astype(jnp.int32) for i in ints], 1)
 
 
 @functools.partial(jax.jit, static_argnums=0, static_argnames="telemetry", donate_argnames="cache")
@@ -228,66 +227,112 @@ def _prefill(
     tokens, logp = sample(jax.random.fold_in(key, 0), logits, params)
     if not telemetry:
         return cache, tokens, None
-    position = jax.lax.dynamic_index_in_dim(positions[:, selection[0]], length - 1, 1, False)
-    floats, ints = _token_telemetry(obs, vision, tokens, logp, selection, length, position)
-    tel = _alternatives(floats[None], ints[None], selection, logp.shape[-1], len(tokens))
+    sample_, _, _ = selection
+    position = jax.lax.dynamic_index_in_dim(positions[:, sample_], length - 1, 1, False)
+    tel = _telemetry(
+        {"rows": obs["rows"][None]}, vision[sample_], tokens[None], logp[sample_][None],
+        selection, length[None], position[None],
+    )  # fmt: skip
     return cache, tokens, (*tel, obs["map"])
 
 
-def _telemetry_sizes(cfg, batch: int, capacity: int) -> tuple[int, int]:
-    """Lengths of ``_token_telemetry``'s ``(floats, ints)``."""
-    n = cfg.num_hidden_layers * cfg.num_attention_heads
-    return 4 * n + capacity + cfg.vocab_size, n + batch + 4
+def chunk_steps(cfg, capacity: int, telemetry: bool) -> int:
+    """Most decode steps per ``_decode`` call: ``CHUNK``, at most ``capacity``, and with
+    telemetry few enough that the chunk's buffered attention rows (``[steps, L, H, C +
+    steps]`` weights and scores, float32) stay within ``TELEMETRY_BYTES``."""
+    steps = min(CHUNK, capacity)
+    if telemetry:
+        per_step = 8 * cfg.num_hidden_layers * cfg.num_attention_heads * (capacity + steps)
+        steps = max(1, min(steps, TELEMETRY_BYTES // per_step))
+    return steps
 
 
-@functools.partial(jax.jit, static_argnums=0, static_argnames="telemetry", donate_argnames="cache")
+def _step_buffers(cfg, capacity: int, telemetry: bool) -> dict[str, jax.Array]:
+    """What each decode step of a chunk stores for the telemetry (``_decode``), ``[n, ...]``
+    with ``n = chunk_steps``: the watched row's attention weights and scores ``[n, L, H, C +
+    n]``, their maximum and log-sum-exp ``[n, L, H]`` and log-probabilities ``[n, V]``. Made
+    once per ``generate`` and handed from chunk to chunk, because clearing them would cost
+    each chunk as much as its steps' writes."""
+    if not telemetry:
+        return {}
+    n = chunk_steps(cfg, capacity, telemetry)
+    heads = (n, cfg.num_hidden_layers, cfg.num_attention_heads)
+    keys = (*heads, capacity + n)
+    shapes = {"rows": keys, "scores": keys, "top": heads, "lse": heads, "logp": (n, cfg.vocab_size)}
+    return {name: jnp.zeros(shape, jnp.float32) for name, shape in shapes.items()}
+
+
+@functools.partial(
+    jax.jit, static_argnums=0, static_argnames="telemetry", donate_argnames=("cache", "stored")
+)
 def _decode(
-    graph, weights, layer_weights, cache, tokens, finished, deltas, eos, key, start, count,
-    params, selection, *, telemetry,
+    graph, weights, layer_weights, cache, stored, tokens, finished, deltas, eos, key, start,
+    count, params, selection, *, telemetry,
 ):  # fmt: skip
-    """Decode steps ``start, start + 1, ...``: ``count`` of them (``1 <= count <= CHUNK``,
-    at most the cache's free slots), fewer once every row has finished (sampled one of
-    ``eos [E]``; ``finished [B]`` on entry). Returns the cache, the newest ``tokens [B]``,
-    ``finished [B]`` and the chunk's results stacked per step, tokens of steps not run -1:
-    ``tokens [CHUNK, B]`` or, with telemetry, ``(floats [CHUNK, F], ints [CHUNK, I])``
-    (``_alternatives``)."""
+    """Decode steps ``start, start + 1, ...``: ``count`` of them (``1 <= count <= n``, ``n =
+    chunk_steps``, at most the cache's free slots), fewer once every row has finished (sampled
+    one of ``eos [E]``; ``finished [B]`` on entry). Returns the cache, the newest ``tokens
+    [B]``, ``finished [B]``, ``stored`` and the chunk's results stacked per step, tokens of
+    steps not run -1: ``tokens [n, B]`` or, with telemetry, ``(floats [n, F], ints [n, I])``
+    (``_telemetry``).
+
+    With telemetry, each step only writes its part of ``stored`` (``_step_buffers``) and its
+    tokens; the summaries, the selected head's row and the top alternatives are taken once for
+    the chunk after the loop (every operation inside the loop costs a fixed time per step),
+    over the first 1, 2, 4, ... or ``n`` steps, the fewest that hold the steps run."""
     m = merge(graph, weights)
     text = m.config.text
     batch = tokens.shape[0]
-    recent = KVCache.create(text, batch, min(CHUNK, cache.capacity), cache.k[0].dtype)
-    if telemetry:
-        sizes = _telemetry_sizes(text, batch, cache.capacity)
-        results = (
-            jnp.zeros((CHUNK, sizes[0]), jnp.float32),
-            jnp.full((CHUNK, sizes[1]), -1, jnp.int32),
-        )
-    else:
-        results = (jnp.full((CHUNK, batch), -1, jnp.int32),)
+    n = chunk_steps(text, cache.capacity, telemetry)
+    recent = KVCache.create(text, batch, n, cache.k[0].dtype)
+    sample_, _, _ = selection
+    stored = {**stored, "tokens": jnp.full((n, batch), -1, jnp.int32)}
 
     def step(carry):
-        recent, tokens, finished, results = carry
+        recent, tokens, finished, stored = carry
         i = recent.length
-        pos = cache.length + i
         sel = selection if telemetry else None
         logits, recent, obs = step_forward(m, layer_weights, cache, recent, tokens, deltas, sel)
         tokens, logp = sample(jax.random.fold_in(key, start + i), logits, params)
         finished = finished | (tokens[:, None] == eos).any(-1)
-        row = (tokens,)
+        now = {"tokens": tokens}
         if telemetry:
-            position = jnp.broadcast_to(pos + deltas[selection[0]], (3,))
-            row = _token_telemetry(obs, cache.vision, tokens, logp, selection, pos + 1, position)
-        results = tuple(r.at[i].set(x.astype(r.dtype)) for r, x in zip(results, row, strict=True))
-        return recent, tokens, finished, results
+            scores, top, lse = obs["softmax"]
+            now |= {"rows": obs["rows"], "scores": scores, "top": top, "lse": lse}
+            now["logp"] = logp[sample_]
+        stored = {k: stored[k].at[i].set(x) for k, x in now.items()}
+        return recent, tokens, finished, stored
 
     def running(carry):
         recent, _, finished, _ = carry
         return (recent.length < count) & ~finished.all()
 
-    carry = (recent, tokens, finished, results)
-    recent, tokens, finished, results = jax.lax.while_loop(running, step, carry)
+    carry = (recent, tokens, finished, stored)
+    recent, tokens, finished, stored = jax.lax.while_loop(running, step, carry)
+    results = (stored["tokens"],)
     if telemetry:
-        results = _alternatives(*results, selection, text.vocab_size, batch)
-    return cache.append(recent), tokens, finished, results
+
+        def summarize(k: int):  # the first k steps' results, padded to n steps
+            first = {name: x[:k] for name, x in stored.items()}
+            pos = cache.length + jnp.arange(k)  # each step's query position
+            obs = {
+                "rows": first["rows"],
+                "softmax": (first["scores"], first["top"], first["lse"]),
+                "start": cache.length,
+            }
+            position = jnp.broadcast_to((pos + deltas[sample_])[:, None], (k, 3))
+            floats, ints = _telemetry(
+                obs, cache.vision[sample_], first["tokens"], first["logp"], selection,
+                pos + 1, position,
+            )  # fmt: skip
+            pad = ((0, n - k), (0, 0))
+            return jnp.pad(floats, pad), jnp.pad(ints, pad, constant_values=-1)
+
+        sizes = [k for k in (1 << j for j in range(n.bit_length())) if k < n] + [n]
+        bucket = (jnp.asarray(sizes) < recent.length).sum()  # the first size >= steps run
+        results = jax.lax.switch(bucket, [functools.partial(summarize, k) for k in sizes])
+    del stored["tokens"]
+    return cache.append(recent), stored, tokens, finished, results
 
 
 # --- host side ----------------------------------------------------------------------------
@@ -489,6 +534,7 @@ def generate(
         embeds = jnp.repeat(embeds, num_samples, axis=0)
         deepstack = None if deepstack is None else jnp.repeat(deepstack, num_samples, axis=1)
     cache = KVCache.create(text, batch, capacity, m.dtype)
+    stored = _step_buffers(text, capacity, telemetry)
     sel = selection()
     cache, tokens, tel = _prefill(
         graph, weights, cache, embeds, deepstack, prompt.positions, np.int32(length),
@@ -554,6 +600,7 @@ def generate(
                 on_step(values.token(j, first + j, sel, before[j], step_seconds * 1e3))
 
     done = finished.copy()
+    most = chunk_steps(text, capacity, telemetry)
     step = 1
     while step < max_new_tokens and not finished.all():
         if control is not None:
@@ -564,11 +611,11 @@ def generate(
         if (control is not None and control.paused) or step_seconds is None:
             count = 1
         else:
-            count = min(max(int(CHUNK_SECONDS / step_seconds), 1), CHUNK)
-        count = min(count, max_new_tokens - step)
+            count = max(int(CHUNK_SECONDS / step_seconds), 1)
+        count = min(count, most, max_new_tokens - step)
         sel = selection()
-        cache, tokens, done, results = _decode(
-            graph, weights, layer_weights, cache, tokens, done, prompt.deltas, eos, key,
+        cache, stored, tokens, done, results = _decode(
+            graph, weights, layer_weights, cache, stored, tokens, done, prompt.deltas, eos, key,
             np.int32(step), np.int32(count), params, sel, telemetry=telemetry,
         )  # fmt: skip
         _to_host_async(results)

@@ -54,7 +54,7 @@ def _attention(graph, weights, layer_weights, q, cache: KVCache, recent: KVCache
     layers = layer_modules(merge(graph, weights), layer_weights)
     outs = []
     for index, layer in enumerate(layers):
-        out, _ = cached_attention(
+        out, *_ = cached_attention(
             q,
             (
                 (cache.k[index], cache.v[index], before),

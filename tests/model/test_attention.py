@@ -11,11 +11,13 @@ from model.attention import (
     ARGMAX_BLOCK,
     CAUSAL_SEGMENTS,
     LONG_ROW,
+    NEG_INF,
     QUERY_BLOCK,
     attention,
     causal_attention,
     head_stats,
     pool_max,
+    softmax_stats,
 )
 from tests.model.pooling import block_max
 
@@ -77,3 +79,25 @@ def test_head_stats_of_short_and_long_rows(t):
     np.testing.assert_array_equal(stats["argmax"], rows.argmax(-1))
     np.testing.assert_array_equal(stats["max_weight"], rows.max(-1))
     np.testing.assert_allclose(stats["vision_mass"], (rows * vision).sum(-1), rtol=1e-5)
+
+
+@pytest.mark.parametrize("t", [300, LONG_ROW + 5])
+def test_softmax_stats_equal_head_stats(t):
+    """The summaries from the softmax's parts equal those of the weights alone: entropy
+    without logarithms, the first maximum (a tie included), also with masked keys (score
+    NEG_INF, weight 0) and a nearly one-hot row."""
+    scores = 4 * jax.random.normal(jax.random.key(5), (4, t))
+    scores = scores.at[1, t // 2 :].set(NEG_INF).at[2, 7].set(60.0)
+    scores = scores.at[3, [5, t - 9]].set(30.0)  # a tie: the first counts
+    rows = jax.nn.softmax(scores, axis=-1)
+    parts = (scores, scores.max(-1), jax.nn.logsumexp(scores, axis=-1))
+    vision = jnp.arange(t) % 2 == 0
+    fast, plain = softmax_stats(rows, parts, vision), head_stats(rows, vision)
+    p = np.asarray(rows, np.float64)
+    entropy = -(p * np.log(np.where(p > 0, p, 1))).sum(-1)
+    np.testing.assert_allclose(plain["entropy"], entropy, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(fast["entropy"], entropy, atol=1e-4)
+    np.testing.assert_array_equal(fast["argmax"], [*np.asarray(rows[:3]).argmax(-1), 5])
+    np.testing.assert_array_equal(fast["argmax"], plain["argmax"])
+    for key in ("max_weight", "vision_mass", "sink_mass"):
+        np.testing.assert_allclose(fast[key], plain[key], rtol=1e-5, err_msg=key)
