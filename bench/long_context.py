@@ -7,9 +7,9 @@ prompt (the task's question text, repeated) with ``model.decode.generate(capacit
   ratio is tokens/s on over off (target >= 0.95 at every length);
 - bytes received by the host per decode step: every device array the decoder copies to the
   host is noted (``bench.transfers.DeviceToHost``). The decoder ships one group of arrays per
-  chunk of up to ``n = chunk_steps`` steps, stacked per step (``[n, ...]``); one chunk's group
-  is found by comparing a run of 1 decode step with a run of 2 (the first two chunks are one
-  step each), and a step's bytes are the group's over ``n`` (a full chunk). The script
+  chunk of up to ``CHUNK`` steps, stacked per step (``[CHUNK, ...]``); one chunk's group is
+  found by comparing a run of 1 decode step with a run of 2 (the first two chunks are one
+  step each), and a step's bytes are the group's over ``CHUNK`` (a full chunk). The script
   asserts that no step ships an array of ``T x T`` or ``L x H x T`` elements (T = C), and
   that the bytes per step grow from the shortest to the longest cache by exactly the
   selected head's ``[T]`` row (4 bytes x dT).
@@ -31,7 +31,7 @@ import numpy as np
 
 from bench import embedded, report
 from bench.transfers import DeviceToHost, group_bytes, steady_groups
-from model.decode import chunk_steps, generate
+from model.decode import CHUNK, generate
 
 TARGET = 0.95
 LENGTHS = "1K,2K,4K,8K,16K,32K"
@@ -63,8 +63,7 @@ def measure(emb, capacity: int, steps: int, reps: int, max_prompt: int) -> dict:
         _, long = decode(emb, ids, capacity, 3, telemetry)  # 2 steps: 2 chunks of 1
         (chunk,) = steady_groups(short, long, 1)
         out[f"shapes_{name}"] = [shape[1:] for shape, _, _ in chunk]  # one step's
-        steps = chunk_steps(emb.model.config.text, capacity, telemetry)
-        out[f"bytes_{name}"] = group_bytes(chunk) // steps
+        out[f"bytes_{name}"] = group_bytes(chunk) // CHUNK
     times = {"on": [], "off": []}
     for _ in range(reps):
         for name, telemetry in (("on", True), ("off", False)):

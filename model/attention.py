@@ -128,10 +128,14 @@ def head_stats(rows: jax.Array, vision: jax.Array) -> dict[str, jax.Array]:
     """
     logs = jnp.log(jnp.maximum(rows, jnp.finfo(rows.dtype).tiny))  # 0 log 0 = 0 * finite
     top, first = _first_max(rows)
+    if rows.shape[-1] < LONG_ROW:  # a sum that fuses with the others (a dot costs a call)
+        vision_mass = jnp.where(vision, rows, 0.0).sum(-1)
+    else:  # a dot streams long rows faster
+        vision_mass = rows @ vision.astype(rows.dtype)
     return {
         "max_weight": top,
         "entropy": -(rows * logs).sum(-1),
-        "vision_mass": rows @ vision.astype(rows.dtype),
+        "vision_mass": vision_mass,
         "sink_mass": rows[..., 0],
         "argmax": first,
     }

@@ -11,7 +11,7 @@ Flow of ``generate``:
    of queries at a time, so memory grows as ``T x block``, not ``T x T``) writes every
    layer's keys and values into the cache; the first new token is sampled from the logits
    of the last prompt position.
-3. ``_decode`` per chunk of ``n <= chunk_steps`` further tokens (``n`` is traced: any length
+3. ``_decode`` per chunk of ``n <= CHUNK`` further tokens (``n`` is traced: any chunk length
    runs the same program): a ``lax.while_loop`` feeds the newest token of every row, attends,
    and samples the next token (step ``s`` with ``fold_in(key, s)``); it ends after ``n``
    steps or once every row has sampled an EOS. Each step writes its keys and values to a
@@ -26,10 +26,11 @@ Telemetry (``telemetry=True``) for one watched batch row ``sample`` is computed 
 programs, for every token: per layer and query head ``[L, H]`` the max weight, entropy, vision
 mass, sink mass and argmax of the attention row of the newest query; the full row of the
 selected ``(layer, head)``; the sampled token's probability and the top-5 alternatives; the
-cache length and the query's mRoPE position. A chunk's loop only stores each step's attention
-rows of the watched sample (``[L, H, C + n]`` weights and scores) and log-probabilities, and
-reduces them for all its steps at once after the loop, ``[n, ...]``; ``chunk_steps`` caps
-``n`` so that these rows stay within ``TELEMETRY_BYTES`` at long contexts.
+cache length and the query's mRoPE position. A chunk stacks them per step, ``[CHUNK, ...]``:
+where its steps' attention rows of the watched sample fit in ``SUMMARIZE_LATER_BYTES`` its
+loop only stores them (weights and scores) and summarises them for all steps at once after
+the loop, which costs a short step less; longer rows are summarised inside each step, while
+they are still in the CPU's caches.
 The prefill adds the selected head's ``T x T`` map, block-max pooled on the device to at most
 ``MAP_SIZE x MAP_SIZE`` one block of queries at a time (no ``T x T`` array exists). The
 selection ``(sample, layer, head)`` and the sampling
@@ -38,11 +39,11 @@ read before it was dispatched. ``telemetry=False`` runs a separately compiled va
 computes none of it.
 
 Host side: a chunk is sized to take about ``CHUNK_SECONDS`` at the measured time per step (one
-step until measured, one while paused, at most ``chunk_steps``), so a slow model still reaches the
+step until measured, one while paused, at most ``CHUNK``), so a slow model still reaches the
 viewer a few tokens at a time. Chunk ``c + 1`` is dispatched before chunk ``c``'s results are
 fetched, so the host's work on a chunk (unpacking, one callback per token) overlaps the device
 computing the next. Per chunk, one array of tokens, or with telemetry two arrays of
-``O(n * (L * H + capacity))`` numbers, leave the device.
+``O(CHUNK * (L * H + capacity))`` numbers, leave the device.
 
 Compiled programs are module-level ``jax.jit`` functions keyed by the model's graph and the
 shapes (batch, prompt bucket, capacity); a second ``generate`` of the same shapes compiles
@@ -73,7 +74,7 @@ PROMPT_BUCKET = 32  # prompts are padded to a multiple of this many tokens
 CAPACITY_BUCKET = 128  # default cache capacities are multiples of this
 CHUNK = 32  # most decode steps per compiled call
 CHUNK_SECONDS = 0.02  # a chunk is sized to take about this long
-TELEMETRY_BYTES = 1 << 24  # most bytes of attention rows a chunk buffers (chunk_steps)
+SUMMARIZE_LATER_BYTES = 1 << 21  # most bytes of attention rows a chunk buffers
 
 
 # --- device side: forward passes --------------------------------------------------------
@@ -184,33 +185,37 @@ def unstack_layers(graph, weights) -> list[list[jax.Array]]:
     return [[a[i] for a in leaves] for i in range(leaves[0].shape[0])]
 
 
-def _telemetry(obs, vision, tokens, logp, selection, cache_len, position):
-    """The watched row's telemetry of ``n`` steps packed into ``(floats [n, F], ints [n, I])``,
-    two arrays, because each array fetched costs the host a fixed overhead (``_Unpacked``
-    gives the layout). Per step: ``obs["rows"] [n, L, H, Tk]`` (``"softmax"`` and ``"start"``
-    for decode steps, ``step_forward``), ``tokens [n, B]``, the watched row's
-    log-probabilities ``logp [n, V]``, ``cache_len [n]`` and the query's ``position [n, 3]``;
-    ``vision [C]`` marks the image tokens of the watched row's cache."""
-    sample, layer, head = selection
+def _step_summaries(obs, vision, selection) -> dict[str, jax.Array]:
+    """One decode step's ``HeadStats`` fields ``[L, H]`` and the selected head's ``"row"``
+    ``[C + S]``, from ``step_forward``'s observations (``rows`` may carry a leading steps
+    axis, then so do the results); ``vision [C + S]``."""
     rows = obs["rows"]
-    n, c = rows.shape[0], vision.shape[0]
-    extra = rows.shape[-1] - c  # a decode chunk's own slots, after the main cache's
-    vision = jnp.pad(vision, (0, extra))  # generated tokens are text
     if "softmax" in obs:
         stats = softmax_stats(rows, obs["softmax"], vision)
     else:
         stats = head_stats(rows, vision)
-    row = rows[:, layer, head]  # [n, Tk]
-    if extra:  # slot c + j holds position start + j (where the main cache's slots weigh 0)
-        start = obs["start"]
-        argmax = stats["argmax"]
-        stats["argmax"] = jnp.where(argmax < c, argmax, start + argmax - c)
-        row = jax.lax.dynamic_update_slice(row, row[:, c:], (0, start))[:, :c]
-    token = jax.lax.dynamic_slice_in_dim(tokens, sample, 1, axis=1)  # [n, 1]
+    _, layer, head = selection
+    return stats | {"row": rows[..., layer, head, :]}
+
+
+def _telemetry(summaries, start, tokens, logp, selection, cache_len, position, capacity):
+    """The watched row's telemetry of ``n`` steps packed into ``(floats [n, F], ints [n, I])``,
+    two arrays, because each array fetched costs the host a fixed overhead (``_Unpacked``
+    gives the layout). Per step: ``summaries`` (``_step_summaries``, ``[n, ...]``),
+    ``tokens [n, B]``, the watched row's log-probabilities ``logp [n, V]``, ``cache_len [n]``
+    and the query's ``position [n, 3]``. A row has ``capacity`` slots, or for decode steps
+    ``capacity`` slots of the main cache and then the chunk's own, which hold positions
+    ``start, start + 1, ...``."""
+    row, argmax = summaries["row"], summaries["argmax"]
+    n = row.shape[0]
+    if row.shape[1] > capacity:  # slot c + j holds position start + j (main slots weigh 0)
+        argmax = jnp.where(argmax < capacity, argmax, start + argmax - capacity)
+        row = jax.lax.dynamic_update_slice(row, row[:, capacity:], (0, start))[:, :capacity]
+    token = jax.lax.dynamic_slice_in_dim(tokens, selection[0], 1, axis=1)  # [n, 1]
     prob = jnp.exp(jnp.take_along_axis(logp, token, axis=1, mode="clip"))
     top_ids, top_probs = top_alternatives(logp)
-    floats = [stats[k].reshape(n, -1) for k in HeadStats.METRICS] + [row, prob, top_probs]
-    ints = [stats["argmax"].reshape(n, -1), tokens, top_ids, cache_len[:, None], position]
+    floats = [summaries[k].reshape(n, -1) for k in HeadStats.METRICS] + [row, prob, top_probs]
+    ints = [argmax.reshape(n, -1), tokens, top_ids, cache_len[:, None], position]
     return jnp.concatenate(floats, 1), jnp.concatenate([i.astype(jnp.int32) for i in ints], 1)
 
 
@@ -229,37 +234,43 @@ def _prefill(
         return cache, tokens, None
     sample_, _, _ = selection
     position = jax.lax.dynamic_index_in_dim(positions[:, sample_], length - 1, 1, False)
+    summaries = _step_summaries({"rows": obs["rows"][None]}, vision[sample_], selection)
     tel = _telemetry(
-        {"rows": obs["rows"][None]}, vision[sample_], tokens[None], logp[sample_][None],
-        selection, length[None], position[None],
+        summaries, 0, tokens[None], logp[sample_][None], selection, length[None],
+        position[None], vision.shape[1],
     )  # fmt: skip
     return cache, tokens, (*tel, obs["map"])
 
 
-def chunk_steps(cfg, capacity: int, telemetry: bool) -> int:
-    """Most decode steps per ``_decode`` call: ``CHUNK``, at most ``capacity``, and with
-    telemetry few enough that the chunk's buffered attention rows (``[steps, L, H, C +
-    steps]`` weights and scores, float32) stay within ``TELEMETRY_BYTES``."""
-    steps = min(CHUNK, capacity)
-    if telemetry:
-        per_step = 8 * cfg.num_hidden_layers * cfg.num_attention_heads * (capacity + steps)
-        steps = max(1, min(steps, TELEMETRY_BYTES // per_step))
-    return steps
+def _summarize_later(cfg, capacity: int) -> bool:
+    """Whether a decode chunk stores its steps' attention rows and summarises them once
+    after its loop (``_decode``): when all of them fit in ``SUMMARIZE_LATER_BYTES``. Longer
+    rows are summarised inside each step while still in the CPU's caches."""
+    keys = capacity + min(CHUNK, capacity)
+    per_step = 2 * 4 * cfg.num_hidden_layers * cfg.num_attention_heads * keys  # weights, scores
+    return min(CHUNK, capacity) * per_step <= SUMMARIZE_LATER_BYTES
 
 
 def _step_buffers(cfg, capacity: int, telemetry: bool) -> dict[str, jax.Array]:
-    """What each decode step of a chunk stores for the telemetry (``_decode``), ``[n, ...]``
-    with ``n = chunk_steps``: the watched row's attention weights and scores ``[n, L, H, C +
-    n]``, their maximum and log-sum-exp ``[n, L, H]`` and log-probabilities ``[n, V]``. Made
-    once per ``generate`` and handed from chunk to chunk, because clearing them would cost
-    each chunk as much as its steps' writes."""
+    """What each decode step of a chunk stores for the telemetry (``_decode``), ``[n, ...]``,
+    ``n = min(CHUNK, capacity)``: the log-probabilities of the watched row ``[n, V]`` and
+    either its attention weights and scores ``[n, L, H, C + n]`` with their maximum and
+    log-sum-exp ``[n, L, H]`` (``_summarize_later``) or its summaries (``_step_summaries``).
+    Made once per ``generate`` and handed from chunk to chunk: clearing them would cost each
+    chunk as much as its steps' writes."""
     if not telemetry:
         return {}
-    n = chunk_steps(cfg, capacity, telemetry)
+    n = min(CHUNK, capacity)
     heads = (n, cfg.num_hidden_layers, cfg.num_attention_heads)
-    keys = (*heads, capacity + n)
-    shapes = {"rows": keys, "scores": keys, "top": heads, "lse": heads, "logp": (n, cfg.vocab_size)}
-    return {name: jnp.zeros(shape, jnp.float32) for name, shape in shapes.items()}
+    keys = capacity + n
+    if _summarize_later(cfg, capacity):
+        shapes = {"rows": (*heads, keys), "scores": (*heads, keys), "top": heads, "lse": heads}
+    else:
+        shapes = dict.fromkeys(HeadStats.METRICS, heads) | {"row": (n, keys)}
+    buffers = {name: jnp.zeros(shape, jnp.float32) for name, shape in shapes.items()}
+    if "row" in buffers:
+        buffers["argmax"] = jnp.zeros(heads, jnp.int32)
+    return buffers | {"logp": jnp.zeros((n, cfg.vocab_size), jnp.float32)}
 
 
 @functools.partial(
@@ -269,23 +280,26 @@ def _decode(
     graph, weights, layer_weights, cache, stored, tokens, finished, deltas, eos, key, start,
     count, params, selection, *, telemetry,
 ):  # fmt: skip
-    """Decode steps ``start, start + 1, ...``: ``count`` of them (``1 <= count <= n``, ``n =
-    chunk_steps``, at most the cache's free slots), fewer once every row has finished (sampled
-    one of ``eos [E]``; ``finished [B]`` on entry). Returns the cache, the newest ``tokens
-    [B]``, ``finished [B]``, ``stored`` and the chunk's results stacked per step, tokens of
-    steps not run -1: ``tokens [n, B]`` or, with telemetry, ``(floats [n, F], ints [n, I])``
-    (``_telemetry``).
+    """Decode steps ``start, start + 1, ...``: ``count`` of them (``1 <= count <= CHUNK``,
+    at most the cache's free slots), fewer once every row has finished (sampled one of
+    ``eos [E]``; ``finished [B]`` on entry). Returns the cache, ``stored``, the newest
+    ``tokens [B]``, ``finished [B]`` and the chunk's results stacked per step, tokens of steps
+    not run -1: ``tokens [n, B]`` or, with telemetry, ``(floats [n, F], ints [n, I])``
+    (``_telemetry``), ``n = min(CHUNK, capacity)``.
 
-    With telemetry, each step only writes its part of ``stored`` (``_step_buffers``) and its
-    tokens; the summaries, the selected head's row and the top alternatives are taken once for
-    the chunk after the loop (every operation inside the loop costs a fixed time per step),
-    over the first 1, 2, 4, ... or ``n`` steps, the fewest that hold the steps run."""
+    With telemetry each step writes its part of ``stored`` (``_step_buffers``): its attention
+    rows, to be summarised after the loop for all steps at once (``_summarize_later``: every
+    operation inside the loop costs a fixed time per step), or its summaries. The top
+    alternatives and the packing are done after the loop, over the first 1, 2, 4, ... or
+    ``n`` steps, the fewest that hold the steps run."""
     m = merge(graph, weights)
     text = m.config.text
     batch = tokens.shape[0]
-    n = chunk_steps(text, cache.capacity, telemetry)
+    n = min(CHUNK, cache.capacity)
     recent = KVCache.create(text, batch, n, cache.k[0].dtype)
     sample_, _, _ = selection
+    vision = jnp.pad(cache.vision[sample_], (0, n))  # the chunk's own tokens are text
+    later = _summarize_later(text, cache.capacity)
     stored = {**stored, "tokens": jnp.full((n, batch), -1, jnp.int32)}
 
     def step(carry):
@@ -296,9 +310,12 @@ def _decode(
         tokens, logp = sample(jax.random.fold_in(key, start + i), logits, params)
         finished = finished | (tokens[:, None] == eos).any(-1)
         now = {"tokens": tokens}
-        if telemetry:
+        if telemetry and later:
             scores, top, lse = obs["softmax"]
             now |= {"rows": obs["rows"], "scores": scores, "top": top, "lse": lse}
+        elif telemetry:  # from the weights alone: the scores are not stacked
+            now |= _step_summaries({"rows": obs["rows"]}, vision, selection)
+        if telemetry:
             now["logp"] = logp[sample_]
         stored = {k: stored[k].at[i].set(x) for k, x in now.items()}
         return recent, tokens, finished, stored
@@ -309,29 +326,29 @@ def _decode(
 
     carry = (recent, tokens, finished, stored)
     recent, tokens, finished, stored = jax.lax.while_loop(running, step, carry)
-    results = (stored["tokens"],)
+    results = (stored.pop("tokens"),)
     if telemetry:
 
-        def summarize(k: int):  # the first k steps' results, padded to n steps
+        def pack(k: int):  # the first k steps' results, padded to n steps
             first = {name: x[:k] for name, x in stored.items()}
+            if later:
+                obs = {
+                    "rows": first["rows"],
+                    "softmax": (first["scores"], first["top"], first["lse"]),
+                }
+                first |= _step_summaries(obs, vision, selection)
             pos = cache.length + jnp.arange(k)  # each step's query position
-            obs = {
-                "rows": first["rows"],
-                "softmax": (first["scores"], first["top"], first["lse"]),
-                "start": cache.length,
-            }
             position = jnp.broadcast_to((pos + deltas[sample_])[:, None], (k, 3))
             floats, ints = _telemetry(
-                obs, cache.vision[sample_], first["tokens"], first["logp"], selection,
-                pos + 1, position,
+                first, cache.length, results[0][:k], first["logp"], selection, pos + 1,
+                position, cache.capacity,
             )  # fmt: skip
             pad = ((0, n - k), (0, 0))
             return jnp.pad(floats, pad), jnp.pad(ints, pad, constant_values=-1)
 
         sizes = [k for k in (1 << j for j in range(n.bit_length())) if k < n] + [n]
         bucket = (jnp.asarray(sizes) < recent.length).sum()  # the first size >= steps run
-        results = jax.lax.switch(bucket, [functools.partial(summarize, k) for k in sizes])
-    del stored["tokens"]
+        results = jax.lax.switch(bucket, [functools.partial(pack, k) for k in sizes])
     return cache.append(recent), stored, tokens, finished, results
 
 
@@ -600,7 +617,6 @@ def generate(
                 on_step(values.token(j, first + j, sel, before[j], step_seconds * 1e3))
 
     done = finished.copy()
-    most = chunk_steps(text, capacity, telemetry)
     step = 1
     while step < max_new_tokens and not finished.all():
         if control is not None:
@@ -612,7 +628,7 @@ def generate(
             count = 1
         else:
             count = max(int(CHUNK_SECONDS / step_seconds), 1)
-        count = min(count, most, max_new_tokens - step)
+        count = min(count, CHUNK, max_new_tokens - step)
         sel = selection()
         cache, stored, tokens, done, results = _decode(
             graph, weights, layer_weights, cache, stored, tokens, done, prompt.deltas, eos, key,

@@ -17,6 +17,8 @@ from model.decode import (
     _decode,
     _pad_prompt,
     _prefill,
+    _summarize_later,
+    default_capacity,
     generate,
     prefill_forward,
     step_forward,
@@ -107,13 +109,21 @@ def _softmax(x):
     return e / e.sum()
 
 
-@pytest.mark.parametrize("with_image", [False, True])
-def test_telemetry_equals_full_attention_weights(tiny_model, reference, with_image):
-    """Two sampled rows; the watched (sample, layer, head) moves at every step."""
+@pytest.mark.parametrize(
+    ("with_image", "capacity", "later"),
+    [(False, None, True), (True, None, True), (True, 768, False)],
+)
+def test_telemetry_equals_full_attention_weights(
+    tiny_model, reference, with_image, capacity, later
+):
+    """Two sampled rows; the watched (sample, layer, head) moves at every step. Short caches
+    summarise a chunk's attention rows after its loop, long ones inside each step."""
     m = tiny_model
     cfg = m.config.text
     ids, pixels, grid = _inputs(reference, with_image)
     length, n, temperature = ids.shape[1], 10, 0.8
+    capacity = capacity or default_capacity(length, n)
+    assert _summarize_later(cfg, capacity) == later
     control = RolloutControl(layer=1, head=2, sample=1)
     prefill, steps = [], []
 
@@ -125,7 +135,7 @@ def test_telemetry_equals_full_attention_weights(tiny_model, reference, with_ima
     gen = generate(
         m, ids, pixels, grid, max_new_tokens=n, num_samples=2, seed=5,
         sampling=SamplingParams(temperature=temperature), control=control,
-        on_prefill=prefill.append, on_step=on_step,
+        on_prefill=prefill.append, on_step=on_step, capacity=capacity,
     )  # fmt: skip
     assert [t.step for t in steps] == list(range(n))
     assert not (gen.tokens[0] == gen.tokens[1]).all()  # the rows sampled differently
