@@ -186,9 +186,10 @@ def unstack_layers(graph, weights) -> list[list[jax.Array]]:
 
 
 def _step_summaries(obs, vision, selection) -> dict[str, jax.Array]:
-    """One decode step's ``HeadStats`` fields ``[L, H]`` and the selected head's ``"row"``
-    ``[C + S]``, from ``step_forward``'s observations (``rows`` may carry a leading steps
-    axis, then so do the results); ``vision [C + S]``."""
+    """One step's ``HeadStats`` fields ``[L, H]`` and the selected head's ``"row"`` ``[Tk]``
+    from its observations (``rows`` may carry a leading steps axis, then so do the
+    results); ``vision [Tk]``. Decode steps have their softmax's parts (``softmax_stats``:
+    no logarithm per key), the prefill only the weights (``head_stats``)."""
     rows = obs["rows"]
     if "softmax" in obs:
         stats = softmax_stats(rows, obs["softmax"], vision)
@@ -313,8 +314,8 @@ def _decode(
         if telemetry and later:
             scores, top, lse = obs["softmax"]
             now |= {"rows": obs["rows"], "scores": scores, "top": top, "lse": lse}
-        elif telemetry:  # from the weights alone: the scores are not stacked
-            now |= _step_summaries({"rows": obs["rows"]}, vision, selection)
+        elif telemetry:
+            now |= _step_summaries(obs, vision, selection)
         if telemetry:
             now["logp"] = logp[sample_]
         stored = {k: stored[k].at[i].set(x) for k, x in now.items()}
