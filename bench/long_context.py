@@ -89,8 +89,8 @@ def parse_length(text: str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--steps", type=int, default=32, help="decode steps per run (32)")
-    p.add_argument("--reps", type=int, default=5, help="interleaved on/off runs (5)")
+    p.add_argument("--steps", type=int, default=128, help="decode steps per run (128)")
+    p.add_argument("--reps", type=int, default=7, help="interleaved on/off runs (7)")
     p.add_argument("--max-prompt", type=int, default=4064, help="longest prompt (4064)")
     p.add_argument("--lengths", default=LENGTHS, help=f"cache capacities ({LENGTHS})")
     args = p.parse_args(argv)
