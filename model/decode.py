@@ -134,8 +134,8 @@ def step_forward(
     (``unstack_layers``). Returns logits ``[B, V]``, the updated ``recent`` and the
     observations of the watched row (``None`` without a ``selection``): ``"rows"
     [L, H, C + S]``, its attention over the slots of ``cache`` (0 from ``start`` on), then over
-    those of ``recent``, which hold positions ``start, start + 1, ...``, and ``"softmax"``,
-    their scores ``[L, H, C + S]``, maximum and log-sum-exp ``[L, H]`` (``softmax_stats``).
+    those of ``recent``, which hold positions ``start, start + 1, ...``, and their softmax's
+    parts: ``"scores" [L, H, C + S]``, ``"top"`` and ``"lse" [L, H]`` (``softmax_stats``).
 
     The layers run as an unrolled Python loop over per-layer weights and cache buffers:
     slicing stacked arrays inside a compiled loop would copy them every step.
@@ -159,13 +159,13 @@ def step_forward(
         )
         if selection is not None:
             rows.append(probs[selection[0], :, 0])  # [H, C + S]
-            softmax.append([part[selection[0], :, 0] for part in parts])
+            softmax.append([part[selection[0], :, 0] for part in parts])  # scores, top, lse
         x = layer.finish(x, out)
     recent = dataclasses.replace(recent, length=recent.length + 1)
     obs = None
     if selection is not None:
         parts = [jnp.stack(part) for part in zip(*softmax, strict=True)]
-        obs = {"rows": jnp.stack(rows), "softmax": parts, "start": start}
+        obs = {"rows": jnp.stack(rows), **dict(zip(("scores", "top", "lse"), parts, strict=True))}
     return m.head(m.language_model.norm(x[:, 0])), recent, obs
 
 
@@ -191,8 +191,8 @@ def _step_summaries(obs, vision, selection) -> dict[str, jax.Array]:
     results); ``vision [Tk]``. Decode steps have their softmax's parts (``softmax_stats``:
     no logarithm per key), the prefill only the weights (``head_stats``)."""
     rows = obs["rows"]
-    if "softmax" in obs:
-        stats = softmax_stats(rows, obs["softmax"], vision)
+    if "scores" in obs:
+        stats = softmax_stats(rows, (obs["scores"], obs["top"], obs["lse"]), vision)
     else:
         stats = head_stats(rows, vision)
     _, layer, head = selection
@@ -264,12 +264,13 @@ def _step_buffers(cfg, capacity: int, telemetry: bool) -> dict[str, jax.Array]:
     n = min(CHUNK, capacity)
     heads = (n, cfg.num_hidden_layers, cfg.num_attention_heads)
     keys = capacity + n
-    if _summarize_later(cfg, capacity):
+    later = _summarize_later(cfg, capacity)
+    if later:
         shapes = {"rows": (*heads, keys), "scores": (*heads, keys), "top": heads, "lse": heads}
     else:
         shapes = dict.fromkeys(HeadStats.METRICS, heads) | {"row": (n, keys)}
     buffers = {name: jnp.zeros(shape, jnp.float32) for name, shape in shapes.items()}
-    if "row" in buffers:
+    if not later:
         buffers["argmax"] = jnp.zeros(heads, jnp.int32)
     return buffers | {"logp": jnp.zeros((n, cfg.vocab_size), jnp.float32)}
 
@@ -311,12 +312,8 @@ def _decode(
         tokens, logp = sample(jax.random.fold_in(key, start + i), logits, params)
         finished = finished | (tokens[:, None] == eos).any(-1)
         now = {"tokens": tokens}
-        if telemetry and later:
-            scores, top, lse = obs["softmax"]
-            now |= {"rows": obs["rows"], "scores": scores, "top": top, "lse": lse}
-        elif telemetry:
-            now |= _step_summaries(obs, vision, selection)
-        if telemetry:
+        if telemetry:  # the observations themselves, or their summaries
+            now |= obs if later else _step_summaries(obs, vision, selection)
             now["logp"] = logp[sample_]
         stored = {k: stored[k].at[i].set(x) for k, x in now.items()}
         return recent, tokens, finished, stored
@@ -332,12 +329,8 @@ def _decode(
 
         def pack(k: int):  # the first k steps' results, padded to n steps
             first = {name: x[:k] for name, x in stored.items()}
-            if later:
-                obs = {
-                    "rows": first["rows"],
-                    "softmax": (first["scores"], first["top"], first["lse"]),
-                }
-                first |= _step_summaries(obs, vision, selection)
+            if later:  # first holds the steps' observations
+                first |= _step_summaries(first, vision, selection)
             pos = cache.length + jnp.arange(k)  # each step's query position
             position = jnp.broadcast_to((pos + deltas[sample_])[:, None], (k, 3))
             floats, ints = _telemetry(
