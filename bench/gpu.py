@@ -1,6 +1,7 @@
 """GPU decode benchmark at Qwen3-VL-2B text shapes (random bf16 weights), one run:
 
-- our decode tokens/s with telemetry on and off (``model.decode.generate``);
+- our decode tokens/s with telemetry on and off (``model.decode.generate``), and again with
+  XLA's attention in place of the decode step's Triton kernel (``model.attention_kernel``);
 - transformers' ``generate`` (torch, sdpa, bf16, same weights via ``save_pretrained``);
 - the memory-bandwidth floor: bytes of text weights read per token / measured
   device-to-device copy bandwidth (bytes read + written per second).
@@ -36,8 +37,9 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
+from model import attention_kernel  # noqa: E402
 from model.config import Qwen3VLConfig, TextConfig, VisionConfig  # noqa: E402
-from model.decode import generate  # noqa: E402
+from model.decode import _decode, generate  # noqa: E402
 from model.qwen3_vl import build  # noqa: E402
 
 PROMPT, NEW = 512, 256
@@ -244,6 +246,12 @@ def figures() -> list[tuple[str, str]]:
     ]
     if "telemetry_on_over_off" in r:
         lines.append(("telemetry on / off", f"{r['telemetry_on_over_off']:.3f}"))
+    if "xla_attention_telemetry_on_tok_s" in r:
+        on, off = (r[f"xla_attention_telemetry_{k}_tok_s"] for k in ("on", "off"))
+        lines.append(("XLA attention on / off", f"{on:.1f} / {off:.1f} tok/s decode"))
+        if r.get("ours_telemetry_on"):
+            gain = r["ours_telemetry_on"]["decode_tok_s"] / on
+            lines.append(("kernel / XLA attention", f"{gain:.3f} (telemetry on)"))
     if "transformers" in r:
         t = r["transformers"]
         lines.append(
@@ -318,6 +326,24 @@ def main() -> int:
                 RESULTS["ours_telemetry_off"]["decode_tok_s"] / RESULTS["floor_tok_s"]
             )
 
+    def xla_attention() -> None:
+        """The same runs with XLA's attention (``cached_attention``) in the decode step."""
+        kernel_supported = attention_kernel.supported
+        attention_kernel.supported = lambda *shapes: False
+        _decode.clear_cache()
+        try:
+            xla_runs: dict[str, list[float]] = {"on": [], "off": []}
+            for tel in (True, False):
+                ours(m, ids, tel)  # compile + warm-up
+            for _ in range(3):
+                for name, tel in (("on", True), ("off", False)):
+                    xla_runs[name].append(ours(m, ids, tel)["decode_tok_s"])
+            for name, rs in xla_runs.items():
+                RESULTS[f"xla_attention_telemetry_{name}_tok_s"] = max(rs)
+        finally:
+            attention_kernel.supported = kernel_supported
+            _decode.clear_cache()
+
     def transformers() -> None:
         hf = transformers_generate(m, ids)
         RESULTS["transformers"] = {k: v for k, v in hf.items() if k != "tokens"}
@@ -335,6 +361,7 @@ def main() -> int:
 
     part("floor", floor)
     part("ours", decode)
+    part("xla_attention", xla_attention)
     if args.profile:
         part("profile", profile)
     if not args.skip_transformers:

@@ -62,6 +62,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from model import attention_kernel
 from model.attention import cached_attention, head_stats, pool_max, softmax_stats
 from model.kv_cache import KVCache
 from model.qwen3_vl import Prompt, Qwen3VL, encode, merge, prepare_prompt, split
@@ -73,7 +74,7 @@ MAP_SIZE = 128  # prefill attention map resolution (at most MAP_SIZE x MAP_SIZE)
 PROMPT_BUCKET = 32  # prompts are padded to a multiple of this many tokens
 CAPACITY_BUCKET = 128  # default cache capacities are multiples of this
 CHUNK = 32  # most decode steps per compiled call
-CHUNK_SECONDS = 0.02  # a chunk is sized to take about this long
+CHUNK_SECONDS = 0.05  # a chunk is sized to take about this long: a frame at 20 FPS
 SUMMARIZE_LATER_BYTES = 1 << 21  # most bytes of attention rows a chunk buffers
 
 
@@ -144,19 +145,12 @@ def step_forward(
     pos = start + recent.length
     x = m.language_model.embed_tokens(tokens)[:, None]  # [B, 1, D]
     cos, sin = m.cos_sin(jnp.broadcast_to((pos + deltas)[None, :, None], (3, len(deltas), 1)))
-    before = jnp.arange(cache.capacity) < start  # [C]
-    so_far = jnp.arange(recent.capacity) <= recent.length  # [S]
+    attend = _step_attention(m.config.text, cache, recent, selection is not None)
     rows, softmax = [], []
     for index, layer in enumerate(layer_modules(m, layer_weights)):
         q, k, v = layer.qkv(x, cos, sin)
         recent = recent.write_token(index, k, v)
-        out, probs, parts = cached_attention(
-            q,
-            (
-                (cache.k[index], cache.v[index], before),
-                (recent.k[index], recent.v[index], so_far),
-            ),
-        )
+        out, probs, parts = attend(q, index, recent)
         if selection is not None:
             rows.append(probs[selection[0], :, 0])  # [H, C + S]
             softmax.append([part[selection[0], :, 0] for part in parts])  # scores, top, lse
@@ -167,6 +161,37 @@ def step_forward(
         parts = [jnp.stack(part) for part in zip(*softmax, strict=True)]
         obs = {"rows": jnp.stack(rows), **dict(zip(("scores", "top", "lse"), parts, strict=True))}
     return m.head(m.language_model.norm(x[:, 0])), recent, obs
+
+
+def _step_attention(cfg, cache: KVCache, recent: KVCache, parts: bool):
+    """``attend(q, layer, recent) -> (out, probs, parts)``: a decode step's attention of
+    ``q [B, 1, Hq, D]`` over ``cache``'s slots before the chunk and ``recent``'s up to the
+    step's own (``cached_attention``'s results; ``probs`` and ``parts`` may be ``None``
+    without ``parts``). On a GPU, where the shapes allow, one Triton kernel per layer
+    (``model.attention_kernel``): XLA's version costs a GPU about ten kernel launches."""
+    start = cache.length
+    group = cfg.num_attention_heads // cfg.num_key_value_heads
+    if jax.default_backend() == "gpu" and attention_kernel.supported(
+        cfg.head_dim, group, cache.capacity, recent.capacity
+    ):
+        return lambda q, layer, recent: attention_kernel.fused_cached_attention(
+            q,
+            (cache.k[layer], cache.v[layer]),
+            (recent.k[layer], recent.v[layer]),
+            start,
+            recent.length + 1,
+            parts=parts,
+        )
+    before = jnp.arange(cache.capacity) < start  # [C]
+
+    def attend(q, layer, recent):
+        so_far = jnp.arange(recent.capacity) <= recent.length  # [S]
+        return cached_attention(
+            q,
+            ((cache.k[layer], cache.v[layer], before), (recent.k[layer], recent.v[layer], so_far)),
+        )
+
+    return attend
 
 
 def layer_modules(m: Qwen3VL, layer_weights) -> list[DecoderLayer]:

@@ -9,7 +9,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from model import attention_kernel
 from model.attention import QUERY_BLOCK
+from model.config import Qwen3VLConfig, TextConfig, VisionConfig
 from model.decode import (
     CHUNK,
     MAP_SIZE,
@@ -25,9 +27,9 @@ from model.decode import (
     unstack_layers,
 )
 from model.kv_cache import KVCache
-from model.qwen3_vl import encode, merge, prepare_prompt, split
+from model.qwen3_vl import encode, init_random, merge, prepare_prompt, split
 from model.sampling import SamplingParams
-from model.telemetry import RolloutControl
+from model.telemetry import HeadStats, RolloutControl
 from tests.model.pooling import block_max
 
 CAPACITY = 128
@@ -299,3 +301,50 @@ def test_sampling_is_seeded_and_top_k_one_is_greedy(tiny_model, reference):
 def test_capacity_too_small_is_an_error(tiny_model, reference):
     with pytest.raises(ValueError, match="capacity"):
         generate(tiny_model, reference["text_ids"], max_new_tokens=8, capacity=10)
+
+
+def test_attention_kernel_decodes_as_xla_does(monkeypatch):
+    """On a GPU the decode step attends with ``model.attention_kernel``'s Triton kernel: run
+    here in Pallas' interpreter, it generates the same tokens and telemetry as XLA's
+    attention, over main-cache blocks partly and wholly filled."""
+    text = TextConfig(
+        vocab_size=64, hidden_size=64, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=16, mrope_section=(4, 2, 2),
+    )  # fmt: skip
+    vision = VisionConfig(
+        depth=1, hidden_size=16, intermediate_size=32, num_heads=2, out_hidden_size=64,
+        deepstack_visual_indexes=(),
+    )  # fmt: skip
+    m = init_random(Qwen3VLConfig(text=text, vision=vision), seed=1)
+    ids = np.arange(3, 40)[None]
+
+    def run():
+        steps = []
+        control = RolloutControl(layer=1, head=3)
+        gen = generate(
+            m, ids, max_new_tokens=60, capacity=128, control=control, on_step=steps.append
+        )
+        return gen.tokens, steps
+
+    tokens, steps = run()
+    calls, kernel = [], attention_kernel.fused_cached_attention
+
+    def interpreted(*args, **kwargs):
+        calls.append(kwargs["parts"])
+        return kernel(*args, **kwargs, interpret=True)
+
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    monkeypatch.setattr(attention_kernel, "fused_cached_attention", interpreted)
+    _decode.clear_cache()
+    try:
+        kernel_tokens, kernel_steps = run()
+    finally:
+        _decode.clear_cache()
+    assert calls and all(calls)  # one per layer as the decode compiled, with telemetry
+    np.testing.assert_array_equal(kernel_tokens, tokens)
+    for a, b in zip(kernel_steps, steps, strict=True):
+        np.testing.assert_allclose(a.attn_row, b.attn_row, atol=1e-6)
+        for name in HeadStats.METRICS:
+            np.testing.assert_allclose(getattr(a.stats, name), getattr(b.stats, name), atol=1e-5)
+        np.testing.assert_array_equal(a.stats.argmax, b.stats.argmax)
+        np.testing.assert_allclose(a.top_probs, b.top_probs, atol=1e-6)
