@@ -145,12 +145,11 @@ def step_forward(
     pos = start + recent.length
     x = m.language_model.embed_tokens(tokens)[:, None]  # [B, 1, D]
     cos, sin = m.cos_sin(jnp.broadcast_to((pos + deltas)[None, :, None], (3, len(deltas), 1)))
-    attend = _step_attention(m.config.text, cache, recent, selection is not None)
+    attend = _step_attention(m.config.text, cache, selection is not None)
     rows, softmax = [], []
     for index, layer in enumerate(layer_modules(m, layer_weights)):
         q, k, v = layer.qkv(x, cos, sin)
-        recent = recent.write_token(index, k, v)
-        out, probs, parts = attend(q, index, recent)
+        out, probs, parts, recent = attend(q, k, v, index, recent)
         if selection is not None:
             rows.append(probs[selection[0], :, 0])  # [H, C + S]
             softmax.append([part[selection[0], :, 0] for part in parts])  # scores, top, lse
@@ -163,33 +162,38 @@ def step_forward(
     return m.head(m.language_model.norm(x[:, 0])), recent, obs
 
 
-def _step_attention(cfg, cache: KVCache, recent: KVCache, parts: bool):
-    """``attend(q, layer, recent) -> (out, probs, parts)``: a decode step's attention of
-    ``q [B, 1, Hq, D]`` over ``cache``'s slots before the chunk and ``recent``'s up to the
-    step's own (``cached_attention``'s results; ``probs`` and ``parts`` may be ``None``
-    without ``parts``). On a GPU, where the shapes allow, one Triton kernel per layer
-    (``model.attention_kernel``): XLA's version costs a GPU about ten kernel launches."""
+def _step_attention(cfg, cache: KVCache, with_parts: bool):
+    """``attend(q, k, v, layer, recent) -> (out, probs, parts, recent)``: a decode step's
+    ``recent.write_token(layer, k, v)``, then its attention of ``q [B, 1, Hq, D]`` over
+    ``cache``'s slots before the chunk and ``recent``'s up to the step's own
+    (``cached_attention``'s results; ``probs`` and ``parts`` are ``None`` without
+    ``with_parts`` where that saves work). On a GPU, where the shapes allow, one Triton
+    kernel per layer (``model.attention_kernel``): XLA's costs a GPU a dozen launches."""
     start = cache.length
     group = cfg.num_attention_heads // cfg.num_key_value_heads
+    size = min(CHUNK, cache.capacity)  # the chunk's cache (``_decode``)
     if jax.default_backend() == "gpu" and attention_kernel.supported(
-        cfg.head_dim, group, cache.capacity, recent.capacity
+        cfg.head_dim, group, cache.capacity, size
     ):
-        return lambda q, layer, recent: attention_kernel.fused_cached_attention(
-            q,
-            (cache.k[layer], cache.v[layer]),
-            (recent.k[layer], recent.v[layer]),
-            start,
-            recent.length + 1,
-            parts=parts,
-        )
+
+        def attend_in_kernel(q, k, v, layer, recent):
+            out, probs, parts, (k_slots, v_slots) = attention_kernel.fused_cached_attention(
+                q, (k, v), (cache.k[layer], cache.v[layer]), (recent.k[layer], recent.v[layer]),
+                start, recent.length, parts=with_parts,
+            )  # fmt: skip
+            return out, probs, parts, recent.with_layer(layer, k_slots, v_slots)
+
+        return attend_in_kernel
     before = jnp.arange(cache.capacity) < start  # [C]
 
-    def attend(q, layer, recent):
+    def attend(q, k, v, layer, recent):
+        recent = recent.write_token(layer, k, v)
         so_far = jnp.arange(recent.capacity) <= recent.length  # [S]
-        return cached_attention(
+        out, probs, parts = cached_attention(
             q,
             ((cache.k[layer], cache.v[layer], before), (recent.k[layer], recent.v[layer], so_far)),
         )
+        return out, probs, parts, recent
 
     return attend
 

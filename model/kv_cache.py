@@ -76,6 +76,13 @@ class KVCache:
         )
         return dataclasses.replace(self, k=tuple(ks), v=tuple(vs))
 
+    def with_layer(self, layer: int, k: jax.Array, v: jax.Array) -> KVCache:
+        """This cache with ``layer``'s buffers replaced by ``k [B, Hkv, C, hd]``, ``v [B, Hkv,
+        hd, C]`` (written elsewhere, e.g. by ``model.attention_kernel``)."""
+        ks, vs = list(self.k), list(self.v)
+        ks[layer], vs[layer] = k, v
+        return dataclasses.replace(self, k=tuple(ks), v=tuple(vs))
+
     def append(self, recent: KVCache) -> KVCache:
         """Store the first ``recent.length`` tokens of ``recent`` (a cache of at most
         ``capacity`` slots) at positions ``[length, length + recent.length)``, which must fit.

@@ -1,5 +1,6 @@
-"""The decode step's attention kernel, run in Pallas' interpreter, equals ``cached_attention``
-over the same two caches; it lowers for CUDA to a Triton kernel (no GPU needed)."""
+"""The decode step's attention kernel, run in Pallas' interpreter, equals writing the step's
+key and value into the chunk's cache and ``cached_attention`` over both caches; it lowers for
+CUDA to one Triton kernel (no GPU needed)."""
 
 import functools
 
@@ -10,12 +11,14 @@ import pytest
 
 from model.attention import NEG_INF, cached_attention
 from model.attention_kernel import fused_cached_attention, supported
+from model.kv_cache import KVCache
 
 
 def _inputs(capacity, size, dtype, heads=4, kv_heads=2, head_dim=16, batch=2):
-    """``q [B, 1, Hq, D]``, main ``(k [B, Hkv, C, D], v [B, Hkv, D, C])`` and the chunk's
-    cache ``(k [B, Hkv, S, D], v [B, Hkv, D, S])``, normal random."""
-    keys = iter(jax.random.split(jax.random.key(0), 5))
+    """``q [B, 1, Hq, D]``, main ``(k [B, Hkv, C, D], v [B, Hkv, D, C])``, the chunk's
+    cache ``(k [B, Hkv, S, D], v [B, Hkv, D, S])`` and the step's ``(k, v)`` ``[B, Hkv, 1,
+    D]`` each, normal random."""
+    keys = iter(jax.random.split(jax.random.key(0), 7))
 
     def normal(*shape):
         return jax.random.normal(next(keys), shape, dtype)
@@ -23,27 +26,39 @@ def _inputs(capacity, size, dtype, heads=4, kv_heads=2, head_dim=16, batch=2):
     q = normal(batch, 1, heads, head_dim)
     main = normal(batch, kv_heads, capacity, head_dim), normal(batch, kv_heads, head_dim, capacity)
     recent = normal(batch, kv_heads, size, head_dim), normal(batch, kv_heads, head_dim, size)
-    return q, main, recent
+    new = normal(batch, kv_heads, 1, head_dim), normal(batch, kv_heads, 1, head_dim)
+    return q, main, recent, new
 
 
 @functools.partial(jax.jit, static_argnames="parts")
-def _kernel(q, main, recent, main_length, recent_length, parts):
-    return fused_cached_attention(q, main, recent, main_length, recent_length, parts=parts,
+def _kernel(q, new, main, recent, main_length, position, parts):
+    return fused_cached_attention(q, new, main, recent, main_length, position, parts=parts,
                                   interpret=True)  # fmt: skip
 
 
+@jax.jit
+def _reference(q, new, main, recent, main_length, position):
+    """``KVCache.write_token`` into ``recent``, then ``cached_attention``."""
+    size = recent[0].shape[2]
+    cache = KVCache(k=(recent[0],), v=(recent[1],), vision=jnp.zeros((1, size), bool),
+                    length=position).write_token(0, *new)  # fmt: skip
+    masks = jnp.arange(main[0].shape[2]) < main_length, jnp.arange(size) <= position
+    caches = ((*main, masks[0]), (cache.k[0], cache.v[0], masks[1]))
+    return *cached_attention(q, caches), (cache.k[0], cache.v[0])
+
+
 @pytest.mark.parametrize(
-    ("capacity", "main_length", "recent_length"),
-    [(256, 150, 5), (256, 0, 1), (256, 256, 16), (256, 128, 9), (64, 37, 3)],
+    ("capacity", "main_length", "position"),
+    [(256, 150, 5), (256, 0, 0), (256, 256, 15), (256, 128, 9), (64, 37, 3)],
 )
-def test_kernel_equals_cached_attention(capacity, main_length, recent_length):
-    """Main-cache blocks partly, wholly and not at all valid; an empty main cache."""
-    size = 16
-    q, main, recent = _inputs(capacity, size, jnp.float32)
-    masks = (jnp.arange(capacity) < main_length, jnp.arange(size) < recent_length)
-    out, probs, (scores, top, lse) = cached_attention(q, ((*main, masks[0]), (*recent, masks[1])))
-    got_out, got_probs, (got_scores, got_top, got_lse) = _kernel(
-        q, main, recent, main_length, recent_length, parts=True
+def test_kernel_equals_cache_write_and_cached_attention(capacity, main_length, position):
+    """Main-cache blocks partly, wholly and not at all valid; an empty main cache; the
+    chunk's first and last slots."""
+    q, main, recent, new = _inputs(capacity, 16, jnp.float32)
+    out, probs, (scores, top, lse), written = _reference(q, new, main, recent, main_length,
+                                                         position)  # fmt: skip
+    got_out, got_probs, (got_scores, got_top, got_lse), got_written = _kernel(
+        q, new, main, recent, main_length, position, parts=True
     )
     np.testing.assert_allclose(got_out, out, atol=1e-5)
     np.testing.assert_allclose(got_probs, probs, atol=1e-6)
@@ -54,16 +69,21 @@ def test_kernel_equals_cached_attention(capacity, main_length, recent_length):
     )
     np.testing.assert_allclose(got_top, top, atol=1e-5)
     np.testing.assert_allclose(got_lse, lse, atol=1e-5)
-    alone, no_probs, no_parts = _kernel(q, main, recent, main_length, recent_length, parts=False)
+    for got, expected in zip(got_written, written, strict=True):
+        np.testing.assert_array_equal(got, expected)
+    alone, no_probs, no_parts, alone_written = _kernel(
+        q, new, main, recent, main_length, position, parts=False
+    )
     np.testing.assert_array_equal(alone, got_out)
     assert no_probs is None and no_parts is None
+    for got, expected in zip(alone_written, written, strict=True):
+        np.testing.assert_array_equal(got, expected)
 
 
 def test_bfloat16_matches_within_its_rounding():
-    q, main, recent = _inputs(128, 32, jnp.bfloat16, head_dim=32)
-    masks = (jnp.arange(128) < 100, jnp.arange(32) < 20)
-    out, probs, _ = cached_attention(q, ((*main, masks[0]), (*recent, masks[1])))
-    got_out, got_probs, _ = _kernel(q, main, recent, 100, 20, parts=True)
+    q, main, recent, new = _inputs(128, 32, jnp.bfloat16, head_dim=32)
+    out, probs, _, _ = _reference(q, new, main, recent, 100, 19)
+    got_out, got_probs, _, _ = _kernel(q, new, main, recent, 100, 19, parts=True)
     assert got_out.dtype == jnp.bfloat16
     np.testing.assert_allclose(np.float32(got_out), np.float32(out), atol=2e-2)
     np.testing.assert_allclose(got_probs, probs, atol=2e-3)
@@ -71,12 +91,12 @@ def test_bfloat16_matches_within_its_rounding():
 
 @pytest.mark.parametrize("parts", [True, False])
 def test_lowers_for_cuda_to_a_triton_kernel(parts):
-    q, main, recent = _inputs(256, 32, jnp.bfloat16, heads=16, kv_heads=8, head_dim=128, batch=1)
+    q, main, recent, new = _inputs(256, 32, jnp.bfloat16, 16, 8, 128, batch=1)
 
-    def attend(q, main, recent):
-        return fused_cached_attention(q, main, recent, 200, 7, parts=parts)
+    def attend(q, new, main, recent):
+        return fused_cached_attention(q, new, main, recent, 200, 7, parts=parts)
 
-    lowered = jax.jit(attend).trace(q, main, recent).lower(lowering_platforms=("cuda",))
+    lowered = jax.jit(attend).trace(q, new, main, recent).lower(lowering_platforms=("cuda",))
     assert lowered.as_text().count("__gpu$xla.gpu.triton") == 1
 
 
