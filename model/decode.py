@@ -145,11 +145,10 @@ def step_forward(
     pos = start + recent.length
     x = m.language_model.embed_tokens(tokens)[:, None]  # [B, 1, D]
     cos, sin = m.cos_sin(jnp.broadcast_to((pos + deltas)[None, :, None], (3, len(deltas), 1)))
-    attend = _step_attention(m.config.text, cache, selection is not None)
+    attend = _step_attention(m.config.text, cache, cos, sin, selection is not None)
     rows, softmax = [], []
     for index, layer in enumerate(layer_modules(m, layer_weights)):
-        q, k, v = layer.qkv(x, cos, sin)
-        out, probs, parts, recent = attend(q, k, v, index, recent)
+        out, probs, parts, recent = attend(layer, x, index, recent)
         if selection is not None:
             rows.append(probs[selection[0], :, 0])  # [H, C + S]
             softmax.append([part[selection[0], :, 0] for part in parts])  # scores, top, lse
@@ -162,36 +161,40 @@ def step_forward(
     return m.head(m.language_model.norm(x[:, 0])), recent, obs
 
 
-def _step_attention(cfg, cache: KVCache, with_parts: bool):
-    """``attend(q, k, v, layer, recent) -> (out, probs, parts, recent)``: a decode step's
-    ``recent.write_token(layer, k, v)``, then its attention of ``q [B, 1, Hq, D]`` over
-    ``cache``'s slots before the chunk and ``recent``'s up to the step's own
-    (``cached_attention``'s results; ``probs`` and ``parts`` are ``None`` without
-    ``with_parts`` where that saves work). On a GPU, where the shapes allow, one Triton
-    kernel per layer (``model.attention_kernel``): XLA's costs a GPU a dozen launches."""
+def _step_attention(cfg, cache: KVCache, cos, sin, with_parts: bool):
+    """``attend(layer, x, index, recent) -> (out, probs, parts, recent)``: decoder ``layer``
+    (number ``index``) of a decode step from its input ``x [B, 1, D]`` to the input of its
+    output projection: ``layer.qkv`` (rotated by ``cos, sin [B, 1, hd]``), the step's key
+    and value written to ``recent``, and the attention of its queries over ``cache``'s slots
+    before the chunk and ``recent``'s up to the step's own (``cached_attention``'s results;
+    ``probs`` and ``parts`` are ``None`` without ``with_parts`` where that saves work). On a
+    GPU, where the shapes allow, all but the projections run as one Triton kernel
+    (``model.attention_kernel``), which XLA's version costs a GPU sixteen launches."""
     start = cache.length
-    group = cfg.num_attention_heads // cfg.num_key_value_heads
-    size = min(CHUNK, cache.capacity)  # the chunk's cache (``_decode``)
     if jax.default_backend() == "gpu" and attention_kernel.supported(
-        cfg.head_dim, group, cache.capacity, size
+        cfg, cache.capacity, min(CHUNK, cache.capacity)
     ):
 
-        def attend_in_kernel(q, k, v, layer, recent):
-            out, probs, parts, (k_slots, v_slots) = attention_kernel.fused_cached_attention(
-                q, (k, v), (cache.k[layer], cache.v[layer]), (recent.k[layer], recent.v[layer]),
-                start, recent.length, parts=with_parts,
+        def attend_in_kernel(layer, x, index, recent):
+            attn = layer.self_attn
+            q, k, v = (p[:, 0] for p in attn.projections(layer.input_layernorm(x)))
+            out, probs, parts, (k_slots, v_slots) = attention_kernel.decode_attention(
+                q, k, v, (attn.q_norm.weight[...], attn.k_norm.weight[...]), cos[:, 0],
+                sin[:, 0], (cache.k[index], cache.v[index]), (recent.k[index], recent.v[index]),
+                start, recent.length, eps=attn.q_norm.eps, parts=with_parts,
             )  # fmt: skip
-            return out, probs, parts, recent.with_layer(layer, k_slots, v_slots)
+            return out, probs, parts, recent.with_layer(index, k_slots, v_slots)
 
         return attend_in_kernel
     before = jnp.arange(cache.capacity) < start  # [C]
 
-    def attend(q, k, v, layer, recent):
-        recent = recent.write_token(layer, k, v)
+    def attend(layer, x, index, recent):
+        q, k, v = layer.qkv(x, cos, sin)
+        recent = recent.write_token(index, k, v)
         so_far = jnp.arange(recent.capacity) <= recent.length  # [S]
         out, probs, parts = cached_attention(
             q,
-            ((cache.k[layer], cache.v[layer], before), (recent.k[layer], recent.v[layer], so_far)),
+            ((cache.k[index], cache.v[index], before), (recent.k[index], recent.v[index], so_far)),
         )
         return out, probs, parts, recent
 

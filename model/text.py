@@ -39,14 +39,17 @@ class Attention(nnx.Module):
         self.q_norm = layers.RMSNorm(hd, eps=cfg.rms_norm_eps, dtype=dtype)
         self.k_norm = layers.RMSNorm(hd, eps=cfg.rms_norm_eps, dtype=dtype)
 
-    def project(self, x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-        """``x [B, T, D]`` -> ``q [B, T, Hq, hd]``, ``k, v [B, T, Hkv, hd]``, q and k
-        normalised per head (not yet rotated)."""
+    def projections(self, x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """``x [B, T, D]`` -> ``q [B, T, Hq, hd]``, ``k, v [B, T, Hkv, hd]`` as projected."""
         b, t, _ = x.shape
-        q = self.q_norm(self.q_proj(x).reshape(b, t, self.num_heads, self.head_dim))
-        k = self.k_norm(self.k_proj(x).reshape(b, t, self.num_kv_heads, self.head_dim))
-        v = self.v_proj(x).reshape(b, t, self.num_kv_heads, self.head_dim)
-        return q, k, v
+        q = self.q_proj(x).reshape(b, t, self.num_heads, self.head_dim)
+        k = self.k_proj(x).reshape(b, t, self.num_kv_heads, self.head_dim)
+        return q, k, self.v_proj(x).reshape(b, t, self.num_kv_heads, self.head_dim)
+
+    def project(self, x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """``projections``, q and k normalised per head (not yet rotated)."""
+        q, k, v = self.projections(x)
+        return self.q_norm(q), self.k_norm(k), v
 
     def qkv(
         self, x: jax.Array, cos: jax.Array, sin: jax.Array

@@ -306,10 +306,10 @@ def test_capacity_too_small_is_an_error(tiny_model, reference):
 def test_attention_kernel_decodes_as_xla_does(monkeypatch):
     """On a GPU the decode step attends with ``model.attention_kernel``'s Triton kernel: run
     here in Pallas' interpreter, it generates the same tokens and telemetry as XLA's
-    attention, over main-cache blocks partly and wholly filled."""
+    operations, over main-cache blocks partly and wholly filled."""
     text = TextConfig(
         vocab_size=64, hidden_size=64, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, head_dim=16, mrope_section=(4, 2, 2),
+        num_attention_heads=16, num_key_value_heads=4, head_dim=32, mrope_section=(8, 4, 4),
     )  # fmt: skip
     vision = VisionConfig(
         depth=1, hidden_size=16, intermediate_size=32, num_heads=2, out_hidden_size=64,
@@ -320,21 +320,21 @@ def test_attention_kernel_decodes_as_xla_does(monkeypatch):
 
     def run():
         steps = []
-        control = RolloutControl(layer=1, head=3)
+        control = RolloutControl(layer=1, head=6)
         gen = generate(
             m, ids, max_new_tokens=60, capacity=128, control=control, on_step=steps.append
         )
         return gen.tokens, steps
 
     tokens, steps = run()
-    calls, kernel = [], attention_kernel.fused_cached_attention
+    calls, kernel = [], attention_kernel.decode_attention
 
     def interpreted(*args, **kwargs):
         calls.append(kwargs["parts"])
         return kernel(*args, **kwargs, interpret=True)
 
     monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
-    monkeypatch.setattr(attention_kernel, "fused_cached_attention", interpreted)
+    monkeypatch.setattr(attention_kernel, "decode_attention", interpreted)
     _decode.clear_cache()
     try:
         kernel_tokens, kernel_steps = run()
