@@ -20,7 +20,10 @@ Flow of ``generate``:
    the loop and receives the chunk's tokens at its end (``KVCache.append``): updating in place
    a buffer that the same loop iteration reads makes XLA copy it at every step. All layers
    run in one compiled program over per-layer copies of their weights (``unstack_layers``,
-   made once per ``generate``); nothing in a chunk waits for the host.
+   made once per ``generate``); nothing in a chunk waits for the host. On a GPU each layer's
+   q/k norms, rotary, cache write and attention run as one Triton kernel
+   (``model.attention_kernel``) where the shapes allow; XLA's version of them is a dozen
+   small kernels, and a GPU pays for every launch.
 
 Telemetry (``telemetry=True``) for one watched batch row ``sample`` is computed inside both
 programs, for every token: per layer and query head ``[L, H]`` the max weight, entropy, vision
