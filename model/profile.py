@@ -12,6 +12,9 @@ layers, and timed after a warm-up:
 - ``sample``: final norm, LM head and choosing the token.
 
 The MLPs are no stage of ``StepProfile.STAGES``; their time is the rest of the step.
+The stages are XLA's operations: on a GPU the decode runs the q/k norms, rotary, KV write
+and attention as one Triton kernel instead (``model.attention_kernel``), which is not timed
+here.
 """
 
 from __future__ import annotations
