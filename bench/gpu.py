@@ -40,7 +40,12 @@ import numpy as np  # noqa: E402
 
 from model import attention_kernel  # noqa: E402
 from model.config import Qwen3VLConfig, TextConfig, VisionConfig  # noqa: E402
-from model.decode import CHUNK, _decode, default_capacity, generate  # noqa: E402
+from model.decode import (  # noqa: E402
+    _decode,
+    default_capacity,
+    generate,
+    runs_attention_kernel,
+)
 from model.qwen3_vl import build  # noqa: E402
 
 PROMPT, NEW = 512, 256
@@ -364,10 +369,7 @@ def main() -> int:
 
     part("floor", floor)
     part("ours", decode)
-    capacity = default_capacity(PROMPT, NEW)
-    RESULTS["attention_kernel"] = jax.default_backend() == "gpu" and attention_kernel.supported(
-        cfg.text, capacity, min(CHUNK, capacity)
-    )
+    RESULTS["attention_kernel"] = runs_attention_kernel(cfg.text, default_capacity(PROMPT, NEW))
     if RESULTS["attention_kernel"]:  # elsewhere both runs would be the same program
         part("xla_attention", xla_attention)
     if args.profile:

@@ -164,6 +164,13 @@ def step_forward(
     return m.head(m.language_model.norm(x[:, 0])), recent, obs
 
 
+def runs_attention_kernel(cfg, capacity: int) -> bool:
+    """Whether a decode step with a ``capacity``-slot cache runs ``model.attention_kernel``:
+    on a GPU, where its shapes allow (the chunk's own cache has ``min(CHUNK, capacity)``)."""
+    recent = min(CHUNK, capacity)
+    return jax.default_backend() == "gpu" and attention_kernel.supported(cfg, capacity, recent)
+
+
 def _step_attention(cfg, cache: KVCache, cos, sin, with_parts: bool):
     """``attend(layer, x, index, recent) -> (out, probs, parts, recent)``: decoder ``layer``
     (number ``index``) of a decode step from its input ``x [B, 1, D]`` to the input of its
@@ -174,9 +181,7 @@ def _step_attention(cfg, cache: KVCache, cos, sin, with_parts: bool):
     GPU, where the shapes allow, all but the projections run as one Triton kernel
     (``model.attention_kernel``), which XLA's version costs a GPU sixteen launches."""
     start = cache.length
-    if jax.default_backend() == "gpu" and attention_kernel.supported(
-        cfg, cache.capacity, min(CHUNK, cache.capacity)
-    ):
+    if runs_attention_kernel(cfg, cache.capacity):
 
         def attend_in_kernel(layer, x, index, recent):
             attn = layer.self_attn

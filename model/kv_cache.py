@@ -67,14 +67,14 @@ class KVCache:
 
     def write_token(self, layer: int, k: jax.Array, v: jax.Array) -> KVCache:
         """Store one token's ``k, v [B, Hkv, 1, hd]`` of ``layer`` at position ``length``."""
-        ks, vs = list(self.k), list(self.v)
-        ks[layer] = jax.lax.dynamic_update_slice(
-            ks[layer], k.astype(ks[layer].dtype), (0, 0, self.length, 0)
+        keys, values = self.k[layer], self.v[layer]
+        return self.with_layer(
+            layer,
+            jax.lax.dynamic_update_slice(keys, k.astype(keys.dtype), (0, 0, self.length, 0)),
+            jax.lax.dynamic_update_slice(
+                values, jnp.swapaxes(v, -1, -2).astype(values.dtype), (0, 0, 0, self.length)
+            ),
         )
-        vs[layer] = jax.lax.dynamic_update_slice(
-            vs[layer], jnp.swapaxes(v, -1, -2).astype(vs[layer].dtype), (0, 0, 0, self.length)
-        )
-        return dataclasses.replace(self, k=tuple(ks), v=tuple(vs))
 
     def with_layer(self, layer: int, k: jax.Array, v: jax.Array) -> KVCache:
         """This cache with ``layer``'s buffers replaced by ``k [B, Hkv, C, hd]``, ``v [B, Hkv,
