@@ -8,10 +8,11 @@ B: ``model.decode.generate`` with ``telemetry=False``, no dashboard.
 Where the difference goes, measured in the same repetitions:
 C: ``generate`` with ``telemetry=True`` (computed on the device, copied to the host, unpacked),
    nothing else;
-D: the real rollout as in A, its events handed to a sink that drops them: no dashboard.
+D: the real rollout as in A, its events handed to a sink that drops them: no dashboard;
+E: as A, the dashboard drawing 1 frame a second: A / E is what drawing at 20 FPS costs.
 
 Same embedded model, prompt (with its image) and number of new tokens; repetitions
-interleaved A B C D A B C D ... in one process. Decode tokens/s counts the decode steps after
+interleaved A B C D E A B C D E ... in one process. Decode tokens/s counts the decode steps after
 the prefill over their wall time (``Generation.decode_seconds``; in A and D the rollout's
 decode-end ``PhaseEvent``). Target: median of the per-repetition ratios A / B >= 0.95.
 
@@ -32,6 +33,7 @@ from model.rollout import run_inference
 from model.sampling import GREEDY
 
 TARGET = 0.95
+FPS = 20.0  # the dashboard's frame rate in A
 
 
 class _Timings:
@@ -72,9 +74,9 @@ class _Timings:
         return cpu / wall
 
 
-def with_dashboard(emb: embedded.Embedded, episodes: int, new_tokens: int) -> dict:
-    """A: decode tokens/s of ``episodes`` rollouts inside the live app, and the app's
-    frame rate while they decoded."""
+def with_dashboard(emb: embedded.Embedded, episodes: int, new_tokens: int, fps: float) -> dict:
+    """A (E): decode tokens/s of ``episodes`` rollouts inside the live app drawing at ``fps``,
+    and the app's frame rate while they decoded."""
     timings: list[_Timings] = []
 
     def rollout(sink, control, app) -> None:
@@ -90,7 +92,7 @@ def with_dashboard(emb: embedded.Embedded, episodes: int, new_tokens: int) -> di
         finally:
             app.quit_from_thread()
 
-    app, frames = run_app(rollout)
+    app, frames = run_app(rollout, fps=fps)
     if app.view.error is not None:
         raise RuntimeError(f"the rollout failed: {app.view.error.message}")
     tap = timings[0]
@@ -151,10 +153,11 @@ def main(argv: list[str] | None = None) -> int:
 
     n, new = args.episodes, args.new_tokens
     variants = {
-        "A": lambda: with_dashboard(emb, n, new),
+        "A": lambda: with_dashboard(emb, n, new, FPS),
         "B": lambda: plain(emb, n, new, telemetry=False),
         "C": lambda: plain(emb, n, new, telemetry=True),
         "D": lambda: rollout_only(emb, n, new),
+        "E": lambda: with_dashboard(emb, n, new, 1.0)["tokens_per_s"],
     }
     for run in variants.values():
         run()  # compile, warm up
@@ -165,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         a = runs["A"][-1]
         print(
             f"rep {rep}: A {a['tokens_per_s']:.0f} tok/s ({a['fps']:.1f} FPS drawn)  "
-            + "  ".join(f"{k} {runs[k][-1]:.0f}" for k in "BCD"),
+            + "  ".join(f"{k} {runs[k][-1]:.0f}" for k in "BCDE"),
             flush=True,
         )
     a_rates = [x["tokens_per_s"] for x in runs["A"]]
@@ -196,6 +199,12 @@ def main(argv: list[str] | None = None) -> int:
             ("B no telemetry", f"{report.median(runs['B']):.0f} tok/s (median)"),
             ("C telemetry only", versus_b("C")),
             ("D rollout, no UI", versus_b("D")),
+            ("E as A at 1 FPS", versus_b("E")),
+            (
+                "A/E median",
+                f"{report.median([x / y for x, y in zip(a_rates, runs['E'], strict=True)]):.3f}"
+                f" (what drawing {FPS:.0f} frames a second instead of 1 costs the decode)",
+            ),
             ("A/B per rep", " ".join(f"{r:.3f}" for r in ratios)),
             ("A/B median", f"{ratio:.3f} ({verdict})"),
         ],

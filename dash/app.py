@@ -161,8 +161,7 @@ class App:
         period = 1.0 / self.options.fps
         next_tick = anyio.current_time()
         while True:
-            for event in self.channel.drain():
-                self.view = state.reduce(self.view, event)
+            self.view = state.reduce_all(self.view, self.channel.drain())
             self._redraw()
             next_tick = max(next_tick + period, anyio.current_time())  # late: no catching up
             await anyio.sleep(max(0.0, next_tick - anyio.current_time()))

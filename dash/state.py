@@ -1,6 +1,7 @@
 """The view model and the pure functions that change it.
 
-``View`` is what the telemetry said, folded event by event with ``reduce(view, event)``.
+``View`` is what the telemetry said, folded event by event with ``reduce(view, event)``
+(``reduce_all`` folds a batch of events).
 ``UiState`` is what the user chose (selected sample, layer and head, layer window,
 metric, overlays, pause), changed with ``apply(ui, command, view)``.
 ``Meters`` are the app's own measurements for one frame (elapsed time, channel counts).
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 from model import telemetry as tm
 
@@ -63,23 +64,26 @@ class View:
         return batch * 1000.0 / times[len(times) // 2]
 
 
-def _fold_decode(view: View, e: tm.DecodeEvent) -> View:
+def _fold_decodes(view: View, run: list[tm.DecodeEvent]) -> View:
+    """``view`` after the decode events ``run``: one stream (episode, sample), steps
+    ascending after the first (``reduce_all`` groups them so); one ``replace`` for all."""
+    e, last = run[0], run[-1]
     prev = view.decode
     same_stream = prev is not None and (prev.episode, prev.sample) == (e.episode, e.sample)
     generated = view.generated if same_stream else ()
     if generated and generated[-1][0] >= e.step:  # ascending by step: drop this step onwards
         generated = tuple((s, t) for s, t in generated if s < e.step)
-    generated = (*generated, (e.step, e.token_text))
+    generated = (*generated, *((d.step, d.token_text) for d in run))
     prefill = view.prefill
     if prefill is not None and prefill.episode != e.episode:
         prefill = None  # the prompt shown belongs to another episode
     return dataclasses.replace(
         view,
-        decode=e,
+        decode=last,
         prefill=prefill,
         generated=generated[-GENERATED_KEPT:],
-        step_ms=(*view.step_ms, e.elapsed_ms)[-STEP_TIMES_KEPT:],
-        decode_count=view.decode_count + 1,
+        step_ms=(*view.step_ms, *(d.elapsed_ms for d in run))[-STEP_TIMES_KEPT:],
+        decode_count=view.decode_count + len(run),
     )
 
 
@@ -105,7 +109,7 @@ def reduce(view: View, event: tm.Event) -> View:
         case tm.PrefillEvent():
             return dataclasses.replace(view, prefill=event, decode=None, generated=())
         case tm.DecodeEvent():
-            return _fold_decode(view, event)
+            return _fold_decodes(view, [event])
         case tm.PhaseEvent():
             return _fold_phase(view, event)
         case tm.StepProfile():
@@ -119,6 +123,27 @@ def reduce(view: View, event: tm.Event) -> View:
         case tm.ErrorEvent():
             return dataclasses.replace(view, error=event)
     return view
+
+
+def reduce_all(view: View, events: Iterable[tm.Event]) -> View:
+    """``reduce`` of ``events`` in order, with each run of decode events that continue one
+    stream (same episode and sample, steps ascending) folded at once: equal to folding them
+    one by one, at a fraction of the cost (the UI receives thousands of tokens a second)."""
+    run: list[tm.DecodeEvent] = []
+    for event in events:
+        if isinstance(event, tm.DecodeEvent):
+            prev = run[-1] if run else None
+            if prev is not None and (
+                (prev.episode, prev.sample) != (event.episode, event.sample)
+                or event.step <= prev.step
+            ):
+                view, run = _fold_decodes(view, run), []
+            run.append(event)
+            continue
+        if run:
+            view, run = _fold_decodes(view, run), []
+        view = reduce(view, event)
+    return _fold_decodes(view, run) if run else view
 
 
 # --- what the user chose ----------------------------------------------------------

@@ -1,5 +1,6 @@
 import dataclasses
 import functools
+import itertools
 
 import pytest
 
@@ -130,3 +131,35 @@ def test_same_run_announced_again_keeps_the_history():
     view = fold([ev.run_info(), ev.train(1, 0.25)])
     assert state.reduce(view, ev.run_info()) is view
     assert state.reduce(view, ev.run_info(num_layers=2)).train is None
+
+
+def test_reduce_all_equals_folding_one_event_at_a_time():
+    long_run = [ev.decode(step, f"t{step}") for step in range(3, 300)]  # past GENERATED_KEPT
+    episode = ev.episode_events(steps=3)
+    events = [
+        *episode,
+        *long_run,
+        ev.decode(290, "again"),  # a step seen before: drops the steps from it onwards
+        ev.decode(291, "x"),
+        ev.decode(400, "other", sample=1),  # another stream
+        ev.decode(401, "y", sample=1),
+        tm.PhaseEvent("decode", False, 9.0),
+        ev.decode(0, "next", episode=1),  # another episode: the prompt shown goes
+        ev.decode(2, "gap", episode=1),
+        ev.train(1, 0.5),
+    ]
+    ends = (len(episode) + len(long_run) + k for k in (0, 2, 4, 5, 7))
+    for cut, end in itertools.product((0, 1, 5, 20, 303), (*ends, len(events))):
+        view = fold(events[:cut])  # batches start and end anywhere
+        batched = state.reduce_all(view, events[cut:end])
+        one_by_one = fold(events[cut:end], view)
+        for field in dataclasses.fields(state.View):
+            got, want = getattr(batched, field.name), getattr(one_by_one, field.name)
+            if isinstance(want, tm.DecodeEvent | tm.PrefillEvent | tm.RunInfo | tm.TrainEvent):
+                assert got is want, field.name
+            else:
+                assert got == want, field.name
+    assert one_by_one.generated == ((0, "next"), (2, "gap"))
+    first_stream = fold(events[: len(episode) + len(long_run) + 2])
+    assert first_stream.generated[-3:] == ((289, "t289"), (290, "again"), (291, "x"))
+    assert len(first_stream.generated) == state.GENERATED_KEPT - 8  # 290..299 dropped
