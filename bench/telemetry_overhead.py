@@ -9,7 +9,8 @@ Where the difference goes, measured in the same repetitions:
 C: ``generate`` with ``telemetry=True`` (computed on the device, copied to the host, unpacked),
    nothing else;
 D: the real rollout as in A, its events handed to a sink that drops them: no dashboard;
-E: as A, the dashboard drawing 1 frame a second: A / E is what drawing at 20 FPS costs.
+E: as A, the dashboard drawing 1 frame a second (drained once a second, its channel drops
+   what it cannot hold): A / E is what drawing at 20 FPS, and folding every event, costs.
 
 Same embedded model, prompt (with its image) and number of new tokens; repetitions
 interleaved A B C D E A B C D E ... in one process. Decode tokens/s counts the decode steps after
@@ -203,7 +204,8 @@ def main(argv: list[str] | None = None) -> int:
             (
                 "A/E median",
                 f"{report.median([x / y for x, y in zip(a_rates, runs['E'], strict=True)]):.3f}"
-                f" (what drawing {FPS:.0f} frames a second instead of 1 costs the decode)",
+                f" (what drawing {FPS:.0f} frames a second instead of 1, and folding every"
+                " event, costs the decode)",
             ),
             ("A/B per rep", " ".join(f"{r:.3f}" for r in ratios)),
             ("A/B median", f"{ratio:.3f} ({verdict})"),
