@@ -64,12 +64,16 @@ class View:
         return batch * 1000.0 / times[len(times) // 2]
 
 
+def _stream(e: tm.DecodeEvent) -> tuple[int, int]:
+    """The token stream a decode event belongs to: (episode, sample)."""
+    return e.episode, e.sample
+
+
 def _fold_decodes(view: View, run: list[tm.DecodeEvent]) -> View:
     """``view`` after the decode events ``run``: one stream (episode, sample), steps
     ascending after the first (``reduce_all`` groups them so); one ``replace`` for all."""
     e, last = run[0], run[-1]
-    prev = view.decode
-    same_stream = prev is not None and (prev.episode, prev.sample) == (e.episode, e.sample)
+    same_stream = view.decode is not None and _stream(view.decode) == _stream(e)
     generated = view.generated if same_stream else ()
     if generated and generated[-1][0] >= e.step:  # ascending by step: drop this step onwards
         generated = tuple((s, t) for s, t in generated if s < e.step)
@@ -131,18 +135,15 @@ def reduce_all(view: View, events: Iterable[tm.Event]) -> View:
     one by one, at a fraction of the cost (the UI receives thousands of tokens a second)."""
     run: list[tm.DecodeEvent] = []
     for event in events:
-        if isinstance(event, tm.DecodeEvent):
-            prev = run[-1] if run else None
-            if prev is not None and (
-                (prev.episode, prev.sample) != (event.episode, event.sample)
-                or event.step <= prev.step
-            ):
-                view, run = _fold_decodes(view, run), []
-            run.append(event)
-            continue
-        if run:
+        decode = isinstance(event, tm.DecodeEvent)
+        if run and not (
+            decode and _stream(event) == _stream(run[-1]) and event.step > run[-1].step
+        ):
             view, run = _fold_decodes(view, run), []
-        view = reduce(view, event)
+        if decode:
+            run.append(event)
+        else:
+            view = reduce(view, event)
     return _fold_decodes(view, run) if run else view
 
 

@@ -143,6 +143,7 @@ def test_reduce_all_equals_folding_one_event_at_a_time():
         ev.decode(291, "x"),
         ev.decode(400, "other", sample=1),  # another stream
         ev.decode(401, "y", sample=1),
+        ev.decode(500, "z", episode=2, sample=1),  # another episode, steps still ascending
         tm.PhaseEvent("decode", False, 9.0),
         ev.decode(0, "next", episode=1),  # another episode: the prompt shown goes
         ev.decode(2, "gap", episode=1),
