@@ -22,7 +22,7 @@ Flow of ``generate``:
    run in one compiled program over per-layer copies of their weights (``unstack_layers``,
    made once per ``generate``); nothing in a chunk waits for the host. On a GPU each layer's
    q/k norms, rotary, cache write and attention run as one Triton kernel
-   (``model.attention_kernel``) where the shapes allow; XLA's version of them is a dozen
+   (``model.attention_kernel``) where the shapes allow; XLA's version of them is about sixteen
    small kernels, and a GPU pays for every launch.
 
 Telemetry (``telemetry=True``) for one watched batch row ``sample`` is computed inside both
