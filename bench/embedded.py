@@ -78,4 +78,4 @@ def recorded_events(emb: Embedded, new_tokens: int = 64) -> list[tm.Event]:
         control=tm.RolloutControl(), sampling=GREEDY, max_new_tokens=new_tokens,
         model_name=EMBEDDED.name, random_init=emb.random_init,
     )  # fmt: skip
-    return sink.events
+    return tm.per_token(sink.events)

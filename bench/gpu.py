@@ -140,10 +140,10 @@ def copy_bandwidth(nbytes: int = 2 << 30) -> float:
 
 
 def ours(m, ids, telemetry: bool) -> dict:
-    steps_seen = []
-    on_step = steps_seen.append if telemetry else None
+    chunks_seen = []
+    on_chunk = chunks_seen.append if telemetry else None
     t0 = time.perf_counter()
-    gen = generate(m, ids, max_new_tokens=NEW, telemetry=telemetry, on_step=on_step)
+    gen = generate(m, ids, max_new_tokens=NEW, telemetry=telemetry, on_chunk=on_chunk)
     total = time.perf_counter() - t0
     assert gen.lengths[0] == NEW, gen.lengths
     return {

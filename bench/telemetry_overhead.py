@@ -57,6 +57,8 @@ class _Timings:
     def emit(self, event: tm.Event) -> None:
         if isinstance(event, tm.DecodeEvent):
             self._events += 1
+        elif isinstance(event, tm.DecodeChunk):
+            self._events += len(event)
         elif isinstance(event, tm.PhaseEvent) and event.phase == "decode":
             if event.active:
                 self._events, self._start = 0, time.monotonic()

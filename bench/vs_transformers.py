@@ -5,7 +5,7 @@ the random initialisation written to a temporary directory with ``save_pretraine
 visual task's prompt with its image, greedy, for exactly ``--new-tokens`` new tokens:
 
 - ours: ``model.decode.generate`` in JAX with telemetry on (every step's attention summaries,
-  selected row, top-5 and probability computed on the device and handed to ``on_step``);
+  selected row, top-5 and probability computed on the device and handed to ``on_chunk``);
 - transformers: ``Qwen3VLForConditionalGeneration.from_pretrained(dir)`` in torch float32 on
   the CPU, ``generate(do_sample=False, max_new_tokens=N, min_new_tokens=N)`` with no EOS
   configured, so nothing stops it early or edits its logits; once with as many torch threads
@@ -53,14 +53,14 @@ class _TokenClock(LogitsProcessor):
 
 def ours(emb: embedded.Embedded, new_tokens: int) -> dict:
     inputs = emb.inputs
-    steps = []
+    chunks = []
     start = time.perf_counter()
     gen = generate(
         emb.model, inputs["input_ids"], inputs["pixel_values"], inputs["image_grid_thw"],
-        max_new_tokens=new_tokens, telemetry=True, on_step=steps.append,
+        max_new_tokens=new_tokens, telemetry=True, on_chunk=chunks.append,
     )  # fmt: skip
     seconds = time.perf_counter() - start
-    assert len(steps) == new_tokens and gen.steps == new_tokens - 1
+    assert sum(len(c.token_ids) for c in chunks) == new_tokens and gen.steps == new_tokens - 1
     return {
         "decode": gen.steps / gen.decode_seconds,
         "end_to_end": new_tokens / seconds,

@@ -15,7 +15,9 @@ Both drops are counted, so on the event loop thread at any moment
     sent = received + dropped + in_flight + buffered
 
 and once the producer stopped and the loop delivered everything, sent = received + dropped.
-Memory is bounded by ``max_in_flight + capacity`` events.
+Every count and bound is in events, a ``DecodeChunk`` counting as one per token (what it
+stands for, and what it holds in memory): memory is bounded by ``max_in_flight + capacity``
+events' worth (or one chunk larger than a bound, taken only when nothing else is held).
 """
 
 from __future__ import annotations
@@ -36,12 +38,19 @@ FLUSH_S = 0.01  # pending events reach the stream at least this often
 
 @dataclasses.dataclass(frozen=True)
 class ChannelCounts:
+    """Events so far, a ``DecodeChunk`` counting one per token (``size``)."""
+
     sent: int
     received: int
     dropped: int
     in_flight: int
     buffered: int
     receive_rate: float  # events per second received over the last second
+
+
+def size(event: tm.Event) -> int:
+    """The events ``event`` counts as: a ``DecodeChunk`` one per token, any other one."""
+    return len(event) if isinstance(event, tm.DecodeChunk) else 1
 
 
 class DroppingChannel:
@@ -51,11 +60,14 @@ class DroppingChannel:
     def __init__(self, capacity: int = 1024, max_in_flight: int = 256) -> None:
         self._loop = asyncio.get_running_loop()
         self._send, self._receive = anyio.create_memory_object_stream[tm.Event](capacity)
+        self._capacity = capacity
         self._max_in_flight = max_in_flight
         self._lock = threading.Lock()
         self._sent = 0
         self._dropped = 0
         self._pending: list[tm.Event] = []  # emitted, not yet delivered
+        self._pending_size = 0  # the events they count as (``size``)
+        self._buffered = 0  # the events the stream holds count as (event loop thread)
         self._wake_at = max(1, max_in_flight // 2)  # pending events that wake the loop
         self._scheduled = False  # a wake-up delivery is scheduled
         self._received = 0
@@ -66,21 +78,24 @@ class DroppingChannel:
     # --- producer side (any thread) ---
 
     def emit(self, event: tm.Event) -> None:
+        n = size(event)
         with self._lock:
-            self._sent += 1
-            if len(self._pending) >= self._max_in_flight:
-                self._dropped += 1
+            self._sent += n
+            if self._pending and self._pending_size + n > self._max_in_flight:
+                self._dropped += n
                 return
             self._pending.append(event)
-            if self._scheduled or len(self._pending) < self._wake_at:
+            self._pending_size += n
+            if self._scheduled or self._pending_size < self._wake_at:
                 return
             self._scheduled = True
         try:
             self._loop.call_soon_threadsafe(self._deliver)
         except RuntimeError:  # the loop has closed: nobody will read it
             with self._lock:
-                self._dropped += len(self._pending)
+                self._dropped += self._pending_size
                 self._pending.clear()
+                self._pending_size = 0
                 self._scheduled = False
 
     # --- consumer side (event loop thread) ---
@@ -92,13 +107,20 @@ class DroppingChannel:
     def _deliver(self) -> None:
         with self._lock:
             batch, self._pending = self._pending, []
+            self._pending_size = 0
             self._scheduled = False
         dropped = 0
         for event in batch:
+            n = size(event)
+            if self._buffered and self._buffered + n > self._capacity:
+                dropped += n  # the UI has not drained what the stream holds
+                continue
             try:
                 self._send.send_nowait(event)
             except (anyio.WouldBlock, anyio.BrokenResourceError, anyio.ClosedResourceError):
-                dropped += 1
+                dropped += n
+                continue
+            self._buffered += n
         with self._lock:
             self._dropped += dropped
 
@@ -111,8 +133,10 @@ class DroppingChannel:
                 events.append(self._receive.receive_nowait())
             except anyio.WouldBlock:
                 break
+        received = sum(map(size, events))
+        self._buffered -= received
         with self._lock:
-            self._received += len(events)
+            self._received += received
         now = time.monotonic()
         self._marks.append((now, self._received))
         while len(self._marks) > 2 and now - self._marks[1][0] >= RATE_WINDOW_S:
@@ -122,13 +146,12 @@ class DroppingChannel:
     def counts(self) -> ChannelCounts:
         with self._lock:
             sent, received, dropped = self._sent, self._received, self._dropped
-            in_flight = len(self._pending)
+            in_flight = self._pending_size
         rate = 0.0
         if len(self._marks) >= 2:
             (t0, n0), (t1, n1) = self._marks[0], self._marks[-1]
             rate = (n1 - n0) / (t1 - t0) if t1 > t0 else 0.0
-        buffered = self._receive.statistics().current_buffer_used
-        return ChannelCounts(sent, received, dropped, in_flight, buffered, rate)
+        return ChannelCounts(sent, received, dropped, in_flight, self._buffered, rate)
 
     def close(self) -> None:
         self._timer.cancel()

@@ -1,7 +1,8 @@
 """Recording and replaying telemetry as JSON Lines.
 
 One event per line: ``{"type": <kind>, "t": <seconds since the recording started>,
-...fields}`` (``model.telemetry.to_record`` plus ``t``). Replay paces the events by
+...fields}`` (``model.telemetry.to_record`` plus ``t``); a ``DecodeChunk`` is written as its
+``DecodeEvent``s. Replay paces the events by
 ``t`` divided by ``--speed``; a file without ``t`` (written by another program) is paced
 by the decode / prefill events' own ``elapsed_ms``. A decode event waits at
 ``control.gate()``, so pause and single step work in replay as they do live.
@@ -34,12 +35,15 @@ class Recorder:
         self._lock = threading.Lock()
 
     def write(self, event: tm.Event) -> None:
-        record = tm.to_record(event)
-        record["t"] = round(time.monotonic() - self._start, 6)
-        line = json.dumps(record, ensure_ascii=False)
+        """Append ``event`` (a ``DecodeChunk`` as its ``DecodeEvent``s, one line each)."""
+        t = round(time.monotonic() - self._start, 6)
+        lines = [
+            json.dumps({**tm.to_record(e), "t": t}, ensure_ascii=False)
+            for e in tm.per_token([event])
+        ]
         with self._lock:
             if not self._file.closed:
-                self._file.write(line + "\n")
+                self._file.writelines(line + "\n" for line in lines)
 
     def emit(self, event: tm.Event) -> None:
         self.write(event)

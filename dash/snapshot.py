@@ -23,12 +23,13 @@ class _Collector:
         self.control = control
 
     def emit(self, event: tm.Event) -> None:
-        if isinstance(event, tm.DecodeEvent) and self.control.stopped:
-            return  # decoded with the step that stopped it (a rollout decodes in chunks)
-        self.view = state.reduce(self.view, event)
-        self.count += 1
-        if isinstance(event, tm.DecodeEvent) and self.view.decode_count >= self.steps:
-            self.control.stop()
+        for e in tm.per_token([event]):
+            if isinstance(e, tm.DecodeEvent) and self.control.stopped:
+                return  # decoded with the step that stopped it (a rollout decodes in chunks)
+            self.view = state.reduce(self.view, e)
+            self.count += 1
+            if isinstance(e, tm.DecodeEvent) and self.view.decode_count >= self.steps:
+                self.control.stop()
 
 
 def snapshot(

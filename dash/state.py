@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 
 from model import telemetry as tm
 
@@ -64,31 +64,39 @@ class View:
         return batch * 1000.0 / times[len(times) // 2]
 
 
-def _stream(e: tm.DecodeEvent) -> tuple[int, int]:
+def _stream(e: tm.DecodeEvent | tm.DecodeChunk) -> tuple[int, int]:
     """The token stream a decode event belongs to: (episode, sample)."""
     return e.episode, e.sample
 
 
-def _fold_decodes(view: View, run: list[tm.DecodeEvent]) -> View:
-    """``view`` after the decode events ``run``: one stream (episode, sample), steps
-    ascending after the first (``reduce_all`` groups them so); one ``replace`` for all."""
-    e, last = run[0], run[-1]
-    same_stream = view.decode is not None and _stream(view.decode) == _stream(e)
+def _fold_decodes(
+    view: View, last: tm.DecodeEvent, texts: Sequence[tuple[int, str]], times: Sequence[float]
+) -> View:
+    """``view`` after decode events of one stream (episode, sample), steps ascending after
+    the first (``reduce_all`` groups them so): their ``(step, text)``, step times and the
+    last one's event; one ``replace`` for all."""
+    same_stream = view.decode is not None and _stream(view.decode) == _stream(last)
     generated = view.generated if same_stream else ()
-    if generated and generated[-1][0] >= e.step:  # ascending by step: drop this step onwards
-        generated = tuple((s, t) for s, t in generated if s < e.step)
-    generated = (*generated, *((d.step, d.token_text) for d in run))
+    first_step = texts[0][0]
+    if generated and generated[-1][0] >= first_step:  # ascending by step: drop it onwards
+        generated = tuple((s, t) for s, t in generated if s < first_step)
+    generated = (*generated, *texts)
     prefill = view.prefill
-    if prefill is not None and prefill.episode != e.episode:
+    if prefill is not None and prefill.episode != last.episode:
         prefill = None  # the prompt shown belongs to another episode
     return dataclasses.replace(
         view,
         decode=last,
         prefill=prefill,
         generated=generated[-GENERATED_KEPT:],
-        step_ms=(*view.step_ms, *(d.elapsed_ms for d in run))[-STEP_TIMES_KEPT:],
-        decode_count=view.decode_count + len(run),
+        step_ms=(*view.step_ms, *times)[-STEP_TIMES_KEPT:],
+        decode_count=view.decode_count + len(texts),
     )
+
+
+def _fold_run(view: View, run: list[tm.DecodeEvent]) -> View:
+    texts = [(d.step, d.token_text) for d in run]
+    return _fold_decodes(view, run[-1], texts, [d.elapsed_ms for d in run])
 
 
 def _fold_phase(view: View, e: tm.PhaseEvent) -> View:
@@ -113,7 +121,10 @@ def reduce(view: View, event: tm.Event) -> View:
         case tm.PrefillEvent():
             return dataclasses.replace(view, prefill=event, decode=None, generated=())
         case tm.DecodeEvent():
-            return _fold_decodes(view, [event])
+            return _fold_run(view, [event])
+        case tm.DecodeChunk():
+            texts = list(zip(event.steps(), event.token_texts, strict=True))
+            return _fold_decodes(view, event.last_event(), texts, [event.elapsed_ms] * len(event))
         case tm.PhaseEvent():
             return _fold_phase(view, event)
         case tm.StepProfile():
@@ -139,12 +150,12 @@ def reduce_all(view: View, events: Iterable[tm.Event]) -> View:
         if run and not (
             decode and _stream(event) == _stream(run[-1]) and event.step > run[-1].step
         ):
-            view, run = _fold_decodes(view, run), []
+            view, run = _fold_run(view, run), []
         if decode:
             run.append(event)
         else:
             view = reduce(view, event)
-    return _fold_decodes(view, run) if run else view
+    return _fold_run(view, run) if run else view
 
 
 # --- what the user chose ----------------------------------------------------------

@@ -241,7 +241,7 @@ def _step_summaries(obs, vision, selection) -> dict[str, jax.Array]:
 
 def _telemetry(summaries, start, tokens, logp, selection, cache_len, position, capacity):
     """The watched row's telemetry of ``n`` steps packed into ``(floats [n, F], ints [n, I])``,
-    two arrays, because each array fetched costs the host a fixed overhead (``_Unpacked``
+    two arrays, because each array fetched costs the host a fixed overhead (``_chunk_telemetry``
     gives the layout). Per step: ``summaries`` (``_step_summaries``, ``[n, ...]``),
     ``tokens [n, B]``, the watched row's log-probabilities ``logp [n, V]``, ``cache_len [n]``
     and the query's ``position [n, 3]``. A row has ``capacity`` slots, or for decode steps
@@ -407,28 +407,34 @@ class PrefillTelemetry:
 
 
 @dataclasses.dataclass(frozen=True)
-class TokenTelemetry:
-    """One generated token of the watched row and the attention that produced it.
+class ChunkTelemetry:
+    """``n`` consecutive generated tokens of the watched row, steps ``first, first + 1, ...``,
+    and the attention that produced each, stacked per token (host views, one set per chunk).
 
-    Step 0's token comes from the prefill (its query is the last prompt token); step ``n``'s
-    from decode step ``n``, whose query is the token of step ``n - 1``.
+    Step 0's token comes from the prefill (its query is the last prompt token); step ``s``'s
+    from decode step ``s``, whose query is the token of step ``s - 1``.
     """
 
-    step: int
+    first: int  # step of the first token
     sample: int
     layer: int
     head: int
-    token_id: int
-    prob: float  # under the sampling distribution (model.sampling)
-    top_ids: np.ndarray  # [5] int32
-    top_probs: np.ndarray  # [5] float32
-    cache_len: int  # tokens in the cache after this step's write
-    position: tuple[int, int, int]  # mRoPE (t, h, w) of the query
-    stats: HeadStats
-    attn_row: np.ndarray  # [cache_len] float32, the selected (layer, head) over the context
-    elapsed_ms: float  # wall time of this step: its chunk's wall time / the chunk's steps
-    tokens: np.ndarray  # [B] int32 this step's token of every row
-    finished: np.ndarray  # [B] bool: the row had stopped before this step (token discarded)
+    token_ids: np.ndarray  # [n] int32, the watched row's tokens
+    probs: np.ndarray  # [n] float32, under the sampling distribution (model.sampling)
+    top_ids: np.ndarray  # [n, 5] int32
+    top_probs: np.ndarray  # [n, 5] float32
+    cache_lens: np.ndarray  # [n] int32, tokens in the cache after each step's write
+    positions: np.ndarray  # [n, 3] int32, mRoPE (t, h, w) of each query
+    stats: HeadStats  # fields [n, L, H]
+    attn_rows: np.ndarray  # [n, C] float32, the selected (layer, head); row j over cache_lens[j]
+    elapsed_ms: float  # wall time per step: the chunk's wall time / its steps
+    tokens: np.ndarray  # [n, B] int32, every row's token
+    finished: np.ndarray  # [n, B] bool, the row had stopped before the step (token discarded)
+
+    def step_stats(self) -> list[HeadStats]:
+        """Each token's ``[L, H]`` summaries (views of ``stats``)."""
+        fields = [list(getattr(self.stats, f.name)) for f in dataclasses.fields(HeadStats)]
+        return [HeadStats(*values) for values in zip(*fields, strict=True)]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -475,38 +481,34 @@ def _repeat_rows(prompt: Prompt, n: int) -> Prompt:
     )
 
 
-class _Unpacked:
-    """Host views of the packed telemetry arrays stacked per step, ``floats [n, F]`` and
-    ``ints [n, I]`` (``_token_telemetry``, then ``_alternatives``), split once per chunk:
-    a view or a number per step and field."""
+def _chunk_telemetry(
+    floats: np.ndarray, ints: np.ndarray, shape, first: int, sel, finished, elapsed_ms: float
+) -> ChunkTelemetry:
+    """Host views of the packed telemetry of the first ``len(finished)`` steps of a chunk,
+    ``floats [n, F]`` and ``ints [n, I]`` (``_telemetry`` gives the layout); ``shape`` is
+    ``(L, H, B)``, ``sel`` the selection ``[sample, layer, head]``, ``finished [n, B]``."""
+    layers, heads, batch = shape
+    n, lh, k = len(finished), layers * heads, TOP_ALTERNATIVES
+    floats, ints = floats[:n], ints[:n]
+    metrics = floats[:, : 4 * lh].reshape(n, 4, layers, heads)
+    stats = HeadStats(
+        *(metrics[:, i] for i in range(4)), argmax=ints[:, :lh].reshape(n, layers, heads)
+    )
+    tokens = _tokens(ints, shape)
+    sample, layer, head = sel
+    return ChunkTelemetry(
+        first=first, sample=sample, layer=layer, head=head, token_ids=tokens[:, sample],
+        probs=floats[:, -1 - k], top_ids=ints[:, lh + batch : lh + batch + k],
+        top_probs=floats[:, -k:], cache_lens=ints[:, lh + batch + k],
+        positions=ints[:, lh + batch + k + 1 :], stats=stats, attn_rows=floats[:, 4 * lh : -1 - k],
+        elapsed_ms=elapsed_ms, tokens=tokens, finished=finished,
+    )  # fmt: skip
 
-    def __init__(self, floats: np.ndarray, ints: np.ndarray, layers: int, heads: int, batch: int):
-        n, k = layers * heads, TOP_ALTERNATIVES
-        grids = floats[:, : 4 * n].reshape(-1, 4, layers, heads).swapaxes(0, 1)
-        self.metrics = [list(grid) for grid in grids]  # HeadStats.METRICS, [n] x [L, H] each
-        self.argmax = list(ints[:, :n].reshape(-1, layers, heads))
-        self.rows = list(floats[:, 4 * n : -1 - k])
-        self.probs = floats[:, -1 - k].tolist()
-        self.top_probs = list(floats[:, -k:])
-        self.tokens = ints[:, n : n + batch]  # [n, B]
-        self.top_ids = list(ints[:, n + batch : n + batch + k])
-        self.tails = ints[:, n + batch + k :].tolist()  # cache length, t, h, w
 
-    def stats(self, j: int) -> HeadStats:
-        return HeadStats(*(metric[j] for metric in self.metrics), argmax=self.argmax[j])
-
-    def token(self, j: int, step: int, sel, finished: np.ndarray, elapsed_ms: float):
-        """Step ``j``'s ``TokenTelemetry``; ``sel`` the selection ``[sample, layer, head]``."""
-        sample, layer, head = sel
-        cache_len, t, h, w = self.tails[j]
-        tokens = self.tokens[j]
-        return TokenTelemetry(
-            step=step, sample=sample, layer=layer, head=head, token_id=int(tokens[sample]),
-            prob=self.probs[j], top_ids=self.top_ids[j], top_probs=self.top_probs[j],
-            cache_len=cache_len, position=(t, h, w), stats=self.stats(j),
-            attn_row=self.rows[j][:cache_len], elapsed_ms=elapsed_ms, tokens=tokens,
-            finished=finished,
-        )  # fmt: skip
+def _tokens(ints: np.ndarray, shape) -> np.ndarray:
+    """Every row's token per step, ``[n, B]``, of packed ``ints [n, I]`` (``_telemetry``)."""
+    layers, heads, batch = shape
+    return ints[:, layers * heads : layers * heads + batch]
 
 
 def _clamp_selection(selection, batch: int, m: Qwen3VL) -> np.ndarray:
@@ -535,7 +537,7 @@ def generate(
     telemetry: bool = True,
     control: RolloutControl | None = None,
     on_prefill: Callable[[PrefillTelemetry], None] | None = None,
-    on_step: Callable[[TokenTelemetry], None] | None = None,
+    on_chunk: Callable[[ChunkTelemetry], None] | None = None,
 ) -> Generation:
     """Generate up to ``max_new_tokens`` tokens for every row of ``input_ids [B, T]``.
 
@@ -545,8 +547,9 @@ def generate(
     ``capacity`` (cache slots per row) defaults to the prompt plus ``max_new_tokens``,
     rounded up to a multiple of ``CAPACITY_BUCKET``.
 
-    With ``telemetry`` on, ``on_prefill`` and ``on_step`` receive host-side telemetry of the
-    watched row (``PrefillTelemetry`` once, then one ``TokenTelemetry`` per token, in order).
+    With ``telemetry`` on, ``on_prefill`` and ``on_chunk`` receive host-side telemetry of the
+    watched row: ``PrefillTelemetry`` once, then a ``ChunkTelemetry`` of the prefill's token
+    and one of each chunk's tokens, in order.
     ``control`` (optional) is read for the watched ``selection = (sample, layer, head)``
     before the prefill and before every chunk of decode steps, and ``control.gate()`` is
     called before every chunk: it blocks while paused and stops generation once it returns
@@ -609,22 +612,22 @@ def generate(
         finished[:] = ended[-1]
         return before
 
-    before = record(0, host_tokens[None])[0]
+    before = record(0, host_tokens[None])
     if telemetry:
-        values = _Unpacked(tel[0], tel[1], *shape)
         sel = sel.tolist()
+        chunk = _chunk_telemetry(tel[0], tel[1], shape, 0, sel, before, elapsed_ms)
         s, r = sel[0], min(length, MAP_SIZE)
         if on_prefill:
             on_prefill(
                 PrefillTelemetry(
-                    sample=s, layer=sel[1], head=sel[2], stats=values.stats(0),
+                    sample=s, layer=sel[1], head=sel[2], stats=chunk.step_stats()[0],
                     attn_map=tel[2][:r, :r], positions=prompt.positions[:, s, :length],
                     prompt_length=length, cache_capacity=capacity, vision_norm=float(norms[0]),
                     text_norm=float(norms[1]), elapsed_ms=elapsed_ms,
                 )
             )  # fmt: skip
-        if on_step:
-            on_step(values.token(0, 0, sel, before, elapsed_ms))
+        if on_chunk:
+            on_chunk(chunk)
 
     decode_start = last = now
     step_seconds = None  # measured wall time per decode step
@@ -637,18 +640,16 @@ def generate(
         pending = None
         results = [np.asarray(a) for a in results]
         now = time.perf_counter()
-        values = _Unpacked(*results, *shape) if telemetry else None
-        new = values.tokens if telemetry else results[0]
+        new = _tokens(results[1], shape) if telemetry else results[0]
         n = int(np.count_nonzero(new[:, 0] >= 0))
         if n == 0:
             return  # dispatched before the last row's EOS was seen: nothing ran
         step_seconds, last = (now - last) / n, now
         steps += n
         before = record(first, new[:n])
-        if on_step and telemetry:
-            sel = sel.tolist()
-            for j in range(n):
-                on_step(values.token(j, first + j, sel, before[j], step_seconds * 1e3))
+        if on_chunk and telemetry:
+            ms = step_seconds * 1e3
+            on_chunk(_chunk_telemetry(*results, shape, first, sel.tolist(), before, ms))
 
     done = finished.copy()
     step = 1

@@ -2,8 +2,9 @@
 
 ``run_inference`` answers one prompt (optionally about one image) and emits, through
 ``sink.emit``: ``RunInfo``; ``PhaseEvent`` prefill start; ``PhaseEvent`` prefill end and a
-``PrefillEvent``; ``PhaseEvent`` decode start; one ``DecodeEvent`` per token of the watched
-sample; ``PhaseEvent`` decode end; a ``StepProfile`` of the decode step's stages.
+``PrefillEvent``; ``PhaseEvent`` decode start; the watched sample's tokens, one
+``DecodeChunk`` per chunk of decode steps (the prefill's token alone first); ``PhaseEvent``
+decode end; a ``StepProfile`` of the decode step's stages.
 The viewer steers it through ``control`` (``RolloutControl``): the watched
 ``(sample, layer, head)`` is read before every chunk of decode steps and passed to the
 compiled decode, and ``control.gate()`` before every chunk pauses, single-steps (a chunk of
@@ -16,6 +17,7 @@ the watched sample's prefill and decode events.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -24,9 +26,9 @@ import PIL.Image
 
 from model import telemetry as tm
 from model.decode import (
+    ChunkTelemetry,
     Generation,
     PrefillTelemetry,
-    TokenTelemetry,
     default_capacity,
     generate,
 )
@@ -67,6 +69,11 @@ def deepstack_layers(m: Qwen3VL) -> tuple[int, ...]:
     """Decoder layers after which DeepStack features are added (``model.text``)."""
     n = len(m.config.vision.deepstack_visual_indexes)
     return tuple(range(min(n, m.config.text.num_hidden_layers)))
+
+
+def _first_rows(stats: tm.HeadStats, n: int) -> tm.HeadStats:
+    """The first ``n`` steps of ``stats`` stacked per step."""
+    return tm.HeadStats(*(getattr(stats, f.name)[:n] for f in dataclasses.fields(stats)))
 
 
 class _TokenTexts:
@@ -133,8 +140,8 @@ def sample_watched(
 ) -> Generation:
     """Decode ``num_samples`` answers to one prepared prompt (``processor.prepare``
     output), publishing the watched sample's telemetry: ``PhaseEvent`` prefill start and end,
-    ``PrefillEvent``, ``PhaseEvent`` decode start, one ``DecodeEvent`` per token of the
-    watched sample (``control.selection[0]``), ``PhaseEvent`` decode end."""
+    ``PrefillEvent``, ``PhaseEvent`` decode start, one ``DecodeChunk`` per chunk of the
+    watched sample's tokens (``control.selection[0]``), ``PhaseEvent`` decode end."""
     cfg = m.config
     ids = inputs["input_ids"]
     texts = _TokenTexts(processor)
@@ -167,18 +174,21 @@ def sample_watched(
 
     eos = set(processor.eos_token_ids)
 
-    def on_step(t: TokenTelemetry) -> None:
-        if t.finished[t.sample]:
-            return  # the watched sample stopped earlier: its token is discarded
-        token = int(t.token_id)
+    def on_chunk(c: ChunkTelemetry) -> None:
+        n = int(np.argmax(c.finished[:, c.sample])) if c.finished[-1, c.sample] else len(c.finished)
+        if n == 0:
+            return  # the watched sample had stopped: its tokens are discarded
+        ids = c.token_ids[:n]
+        last = int(ids[-1])
         sink.emit(
-            tm.DecodeEvent(
-                episode=episode, sample=t.sample, step=t.step, token_id=token,
-                token_text=texts([token])[0], prob=t.prob, top_ids=t.top_ids,
-                top_probs=t.top_probs, top_texts=texts(t.top_ids), cache_len=t.cache_len,
-                cache_capacity=capacity, position=t.position, stats=t.stats, layer=t.layer,
-                head=t.head, attn_row=t.attn_row, elapsed_ms=t.elapsed_ms,
-                done=token in eos or t.step == max_new_tokens - 1,
+            tm.DecodeChunk(
+                episode=episode, sample=c.sample, first=c.first, token_ids=ids,
+                token_texts=texts(ids), probs=c.probs[:n], top_ids=c.top_ids[:n],
+                top_probs=c.top_probs[:n], top_texts=texts(c.top_ids[:n]),
+                cache_lens=c.cache_lens[:n], cache_capacity=capacity, positions=c.positions[:n],
+                stats=_first_rows(c.stats, n),
+                layer=c.layer, head=c.head, attn_rows=c.attn_rows[:n], elapsed_ms=c.elapsed_ms,
+                done=last in eos or c.first + n == max_new_tokens,
             )
         )  # fmt: skip
 
@@ -186,7 +196,7 @@ def sample_watched(
     gen = generate(
         m, ids, inputs["pixel_values"], inputs["image_grid_thw"], max_new_tokens=max_new_tokens,
         sampling=sampling, eos_token_ids=sorted(eos), seed=seed, num_samples=num_samples,
-        capacity=capacity, control=control, on_prefill=on_prefill, on_step=on_step,
+        capacity=capacity, control=control, on_prefill=on_prefill, on_chunk=on_chunk,
     )  # fmt: skip
     sink.emit(tm.PhaseEvent(phase="decode", active=False, elapsed_ms=gen.decode_seconds * 1e3))
     return gen

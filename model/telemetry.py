@@ -108,6 +108,79 @@ class DecodeEvent:
 
 
 @dataclasses.dataclass(frozen=True)
+class DecodeChunk:
+    """Consecutive sampled tokens of the watched sample in one event: the fields of their
+    ``DecodeEvent``s stacked per token, ``n`` tokens, steps ``first, first + 1, ...``.
+
+    A rollout that decodes in chunks of steps sends one of these per chunk: building and
+    handing over one event per token costs the run being watched thousands of objects a
+    second. ``events()`` gives the ``DecodeEvent``s, which is what a recording holds.
+    """
+
+    kind: ClassVar[str] = "decode_chunk"
+    episode: int
+    sample: int
+    first: int  # step of the first token
+    token_ids: np.ndarray  # [n] int32
+    token_texts: tuple[str, ...]  # [n] untrusted
+    probs: np.ndarray  # [n] float32
+    top_ids: np.ndarray  # [n, k] int32
+    top_probs: np.ndarray  # [n, k] float32
+    top_texts: tuple[str, ...]  # [n * k] untrusted, k per token
+    cache_lens: np.ndarray  # [n] int32
+    cache_capacity: int
+    positions: np.ndarray  # [n, 3] int32 mRoPE (t, h, w) of each query token
+    stats: HeadStats  # every field [n, L, H]
+    layer: int
+    head: int
+    attn_rows: np.ndarray  # [n, C] float32; token j's attn_row is attn_rows[j, :cache_lens[j]]
+    elapsed_ms: float  # wall time of each of these decode steps
+    done: bool  # the watched sample stopped (EOS or length) at the last token
+
+    def __len__(self) -> int:
+        return len(self.token_ids)
+
+    def steps(self) -> range:
+        return range(self.first, self.first + len(self))
+
+    def events(self, start: int = 0) -> list[DecodeEvent]:
+        """The ``DecodeEvent`` of each token from number ``start`` on."""
+        n, k = len(self), self.top_ids.shape[1]
+        stats = [list(getattr(self.stats, f.name)[start:]) for f in dataclasses.fields(HeadStats)]
+        columns = zip(
+            range(start, n), self.token_ids[start:].tolist(), self.probs[start:].tolist(),
+            self.cache_lens[start:].tolist(), self.positions[start:].tolist(), *stats,
+            strict=True,
+        )  # fmt: skip
+        return [
+            DecodeEvent(
+                episode=self.episode, sample=self.sample, step=self.first + j, token_id=token,
+                token_text=self.token_texts[j], prob=prob, top_ids=self.top_ids[j],
+                top_probs=self.top_probs[j], top_texts=self.top_texts[j * k : (j + 1) * k],
+                cache_len=cache_len, cache_capacity=self.cache_capacity,
+                position=tuple(position), stats=HeadStats(*head_stats), layer=self.layer,
+                head=self.head, attn_row=self.attn_rows[j, :cache_len],
+                elapsed_ms=self.elapsed_ms, done=self.done and j == n - 1,
+            )
+            for j, token, prob, cache_len, position, *head_stats in columns
+        ]  # fmt: skip
+
+    def last_event(self) -> DecodeEvent:
+        return self.events(len(self) - 1)[0]
+
+
+def per_token(events) -> list:
+    """``events`` with every ``DecodeChunk`` replaced by its ``DecodeEvent``s."""
+    out = []
+    for event in events:
+        if isinstance(event, DecodeChunk):
+            out.extend(event.events())
+        else:
+            out.append(event)
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
 class PhaseEvent:
     """A phase of the loop started (``active``) or ended with its measured duration."""
 
@@ -175,12 +248,14 @@ Event = (
     RunInfo
     | PrefillEvent
     | DecodeEvent
+    | DecodeChunk
     | PhaseEvent
     | StepProfile
     | TrainEvent
     | CreditEvent
     | ErrorEvent
 )
+# What a record can hold (a recording holds a DecodeChunk as its DecodeEvents).
 EVENT_TYPES: dict[str, type] = {
     cls.kind: cls
     for cls in (

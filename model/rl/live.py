@@ -5,8 +5,8 @@
 - once: ``RunInfo`` (mode ``"grpo"``, batch size = the group size ``G``);
 - per GRPO step (``episode`` = step) of ``P = settings.prompts_per_step`` questions: for the
   first question's group, the watched sample's ``PhaseEvent`` prefill start/end,
-  ``PrefillEvent``, ``PhaseEvent`` decode start, one ``DecodeEvent`` per token of the watched
-  sample, ``PhaseEvent`` decode end (``model.rollout.sample_watched``, the same code as
+  ``PrefillEvent``, ``PhaseEvent`` decode start, one ``DecodeChunk`` per chunk of the watched
+  sample's tokens, ``PhaseEvent`` decode end (``model.rollout.sample_watched``, the same code as
   inference), a ``StepProfile`` of the decode step at the group's shapes (measured on the
   first step, then remembered); when ``P > 1`` a ``PhaseEvent`` decode start/end around
   sampling the other groups (no telemetry); then ``PhaseEvent`` reward start/end,

@@ -128,6 +128,42 @@ def decode(step: int, text: str = "blue", episode: int = 0, sample: int = 0, lay
     )
 
 
+def chunk(events: list[tm.DecodeEvent]) -> tm.DecodeChunk:
+    """The ``DecodeChunk`` of consecutive decode ``events`` of one stream (same episode,
+    sample, selection and step time; only the last may be done)."""
+    e, last = events[0], events[-1]
+    rows = np.zeros((len(events), max(d.cache_len for d in events)), np.float32)
+    for row, d in zip(rows, events, strict=True):
+        row[: d.cache_len] = d.attn_row
+
+    def stacked(name):
+        return np.stack([getattr(d, name) for d in events])
+
+    return tm.DecodeChunk(
+        episode=e.episode,
+        sample=e.sample,
+        first=e.step,
+        token_ids=np.array([d.token_id for d in events], np.int32),
+        token_texts=tuple(d.token_text for d in events),
+        probs=np.array([d.prob for d in events], np.float32),
+        top_ids=stacked("top_ids"),
+        top_probs=stacked("top_probs"),
+        top_texts=sum((d.top_texts for d in events), ()),
+        cache_lens=np.array([d.cache_len for d in events], np.int32),
+        cache_capacity=e.cache_capacity,
+        positions=np.array([d.position for d in events], np.int32),
+        stats=tm.HeadStats(
+            *(np.stack([getattr(d.stats, f) for d in events]) for f in tm.HeadStats.METRICS),
+            argmax=np.stack([d.stats.argmax for d in events]),
+        ),
+        layer=e.layer,
+        head=e.head,
+        attn_rows=rows,
+        elapsed_ms=e.elapsed_ms,
+        done=last.done,
+    )
+
+
 def train(step: int = 3, reward_mean: float = 0.625) -> tm.TrainEvent:
     return tm.TrainEvent(
         step=step,

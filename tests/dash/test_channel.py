@@ -5,6 +5,7 @@ import anyio
 
 from dash.channel import DroppingChannel
 from model import telemetry as tm
+from tests.dash import events as ev
 
 EVENTS = 100_000
 EVENT = tm.PhaseEvent("decode", True, 0.0)
@@ -86,5 +87,39 @@ def test_draining_consumer_receives_everything_in_order_and_measures_rate():
         counts = channel.counts()
         assert counts.sent == counts.received == 500 and counts.dropped == 0
         assert counts.receive_rate > 0
+
+    anyio.run(main)
+
+
+def test_decode_chunks_count_and_are_bounded_as_their_tokens():
+    """Chunks of 10 tokens into bounds of 32 in flight and 64 buffered: at most 3 chunks
+    wait to be delivered and 6 in the stream; every count is in tokens; a chunk larger than
+    a bound passes only when nothing else is held."""
+    chunk = ev.chunk([ev.decode(step) for step in range(10)])
+
+    async def main():
+        channel = DroppingChannel(capacity=64, max_in_flight=32)
+        for _ in range(100):
+            channel.emit(chunk)
+        frozen = channel.counts()
+        assert (frozen.sent, frozen.in_flight, frozen.dropped) == (1000, 30, 970)
+        await _settle(channel)
+        for _ in range(3):
+            channel.emit(chunk)
+        await _settle(channel)
+        assert channel.counts().buffered == 60
+        channel.emit(chunk)  # 70 tokens would pass the stream's 64: dropped on delivery
+        await _settle(channel)
+        counts = channel.counts()
+        assert (counts.buffered, counts.dropped) == (60, 980)
+        received = channel.drain()
+        counts = channel.counts()
+        assert len(received) == 6 and counts.received == 60 and counts.buffered == 0
+        assert counts.sent == 1040 == counts.received + counts.dropped
+        big = ev.chunk([ev.decode(step) for step in range(40)])
+        channel.emit(big)
+        channel.emit(chunk)  # 40 + 10 tokens would pass 32 in flight
+        await _settle(channel)
+        assert channel.drain() == [big]
 
     anyio.run(main)

@@ -35,6 +35,19 @@ def test_recorder_writes_every_event_with_time_and_passes_it_on(tmp_path):
     np.testing.assert_array_equal(loaded.events[-1][1].attn_row, events[-1].attn_row)
 
 
+def test_recorder_writes_a_decode_chunk_as_its_decode_events(tmp_path):
+    path = tmp_path / "out.jsonl"
+    inner = ListSink()
+    rec = record.Recorder(path, inner)
+    tokens = [ev.decode(step) for step in range(3)]
+    chunk = ev.chunk(tokens)
+    rec.emit(chunk)
+    rec.close()
+    assert inner.events == [chunk]  # passed on as it came
+    loaded = [e for _, e in record.load(path).events]
+    assert [tm.to_record(e) for e in loaded] == [tm.to_record(e) for e in tokens]
+
+
 def test_load_names_the_bad_line(tmp_path):
     path = tmp_path / "bad.jsonl"
     good = json.dumps(tm.to_record(ev.run_info()))

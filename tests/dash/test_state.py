@@ -164,3 +164,29 @@ def test_reduce_all_equals_folding_one_event_at_a_time():
     first_stream = fold(events[: len(episode) + len(long_run) + 2])
     assert first_stream.generated[-3:] == ((289, "t289"), (290, "again"), (291, "x"))
     assert len(first_stream.generated) == state.GENERATED_KEPT - 8  # 290..299 dropped
+
+
+def test_a_decode_chunk_folds_as_its_decode_events():
+    """Folding a chunk, alone or between decode events in one batch, gives the view that
+    folding its tokens one by one gives: after the same stream, a gap, a step seen before,
+    another episode."""
+    tokens = [ev.decode(step, f"t{step}") for step in range(2, 7)]
+    episode = ev.episode_events(steps=2)
+    befores = [
+        episode,
+        [*episode, ev.decode(1, "late")],
+        [*episode, ev.decode(9, "ahead")],  # the chunk goes back: steps 2 onwards dropped
+        [*episode, ev.decode(0, "x", episode=1)],
+    ]
+    batches = [
+        [ev.chunk(tokens)],
+        [tokens[0], ev.chunk(tokens[1:4]), tokens[4]],
+        [ev.chunk(tokens[:2]), ev.chunk(tokens[2:])],
+    ]
+    for before, batch in itertools.product(befores, batches):
+        view = fold(before)
+        want = fold(tokens, view)
+        for got in (state.reduce_all(view, batch), fold(batch, view)):
+            assert tm.to_record(got.decode) == tm.to_record(want.decode)
+            assert dataclasses.replace(got, decode=None) == dataclasses.replace(want, decode=None)
+    assert want.generated[-5:] == tuple((s, f"t{s}") for s in range(2, 7))

@@ -3,6 +3,7 @@ weights, no recompilation when the watched selection, the sampling parameters or
 length change, and the control's pause, single step and stop."""
 
 import functools
+import types
 
 import jax
 import jax.numpy as jnp
@@ -106,6 +107,22 @@ def test_cached_decode_equals_full_forward(tiny_model, reference, with_image):
         )
 
 
+def _per_token(chunks):
+    """Each token of ``chunks`` (``ChunkTelemetry``) with its values: ``step``, ``sample``,
+    ``layer``, ``head``, ``token_id``, ``prob``, ``top_ids``, ``top_probs``, ``cache_len``,
+    ``position``, ``stats``, ``attn_row``, ``tokens``, ``finished``."""
+    for c in chunks:
+        for j, stats in enumerate(c.step_stats()):
+            cache_len = int(c.cache_lens[j])
+            yield types.SimpleNamespace(
+                step=c.first + j, sample=c.sample, layer=c.layer, head=c.head,
+                token_id=int(c.token_ids[j]), prob=float(c.probs[j]), top_ids=c.top_ids[j],
+                top_probs=c.top_probs[j], cache_len=cache_len,
+                position=tuple(c.positions[j].tolist()), stats=stats,
+                attn_row=c.attn_rows[j, :cache_len], tokens=c.tokens[j], finished=c.finished[j],
+            )  # fmt: skip
+
+
 def _softmax(x):
     e = np.exp(x - x.max())
     return e / e.sum()
@@ -127,19 +144,21 @@ def test_telemetry_equals_full_attention_weights(
     capacity = capacity or default_capacity(length, n)
     assert _summarize_later(cfg, capacity) == later
     control = RolloutControl(layer=1, head=2, sample=1)
-    prefill, steps = [], []
+    prefill, chunks = [], []
 
-    def on_step(t):
-        steps.append(t)
-        s = len(steps)
+    def on_chunk(c):
+        chunks.append(c)
+        s = len(chunks)
         control.select(s % 2, s % cfg.num_hidden_layers, (3 * s) % cfg.num_attention_heads)
 
     gen = generate(
         m, ids, pixels, grid, max_new_tokens=n, num_samples=2, seed=5,
         sampling=SamplingParams(temperature=temperature), control=control,
-        on_prefill=prefill.append, on_step=on_step, capacity=capacity,
+        on_prefill=prefill.append, on_chunk=on_chunk, capacity=capacity,
     )  # fmt: skip
+    steps = list(_per_token(chunks))
     assert [t.step for t in steps] == list(range(n))
+    assert len(chunks) >= 3  # the prefill's token, a first decode step, then longer chunks
     assert not (gen.tokens[0] == gen.tokens[1]).all()  # the rows sampled differently
 
     full_ids = np.concatenate([np.repeat(ids, 2, 0), gen.tokens], axis=1)
@@ -221,7 +240,7 @@ def test_moving_selection_or_sampling_never_recompiles(tiny_model, reference):
         control.select(i, 2 - i, 3 - i)
         generate(
             tiny_model, ids, max_new_tokens=6, num_samples=2, sampling=sampling, seed=i,
-            control=control, on_step=lambda t: control.select(t.step % 2, t.step % 3, t.step % 4),
+            control=control, on_chunk=lambda c: control.select(*(c.first % k for k in (2, 3, 4))),
         )  # fmt: skip
     assert (_decode._cache_size(), _prefill._cache_size()) == compiled
 
@@ -242,13 +261,16 @@ def test_stop_request_ends_generation(tiny_model, reference):
     control = RolloutControl()
     seen = []
 
-    def on_step(t):
-        seen.append(t.step)
-        if t.step == 2:
+    def on_chunk(c):
+        steps = range(c.first, c.first + len(c.token_ids))
+        seen.extend(steps)
+        if 2 in steps:
             control.stop()
 
     n = 3 * CHUNK
-    generate(tiny_model, reference["text_ids"], max_new_tokens=n, control=control, on_step=on_step)
+    generate(
+        tiny_model, reference["text_ids"], max_new_tokens=n, control=control, on_chunk=on_chunk
+    )
     # the chunk already dispatched when step 2 arrived is the last one
     assert seen[-1] <= 2 + CHUNK and seen == list(range(len(seen)))
 
@@ -262,13 +284,14 @@ def test_paused_decode_runs_one_step_per_grant(tiny_model, reference):
     control.step_once()
     seen = []
 
-    def on_step(t):
-        seen.append((t.step, t.layer, t.head))
-        control.select(0, (t.step + 1) % layers, (t.step + 1) % 2)
+    def on_chunk(c):
+        (token,) = _per_token([c])  # one step per chunk
+        seen.append((token.step, token.layer, token.head))
+        control.select(0, (token.step + 1) % layers, (token.step + 1) % 2)
         control.step_once()
 
     ids = reference["text_ids"]
-    gen = generate(tiny_model, ids, max_new_tokens=6, control=control, on_step=on_step)
+    gen = generate(tiny_model, ids, max_new_tokens=6, control=control, on_chunk=on_chunk)
     assert seen == [(s, s % layers, s % 2) for s in range(6)]
     np.testing.assert_array_equal(gen.tokens, generate(tiny_model, ids, max_new_tokens=6).tokens)
 
@@ -319,12 +342,12 @@ def test_attention_kernel_decodes_as_xla_does(monkeypatch):
     ids = np.arange(3, 40)[None]
 
     def run():
-        steps = []
+        chunks = []
         control = RolloutControl(layer=1, head=6)
         gen = generate(
-            m, ids, max_new_tokens=60, capacity=128, control=control, on_step=steps.append
+            m, ids, max_new_tokens=60, capacity=128, control=control, on_chunk=chunks.append
         )
-        return gen.tokens, steps
+        return gen.tokens, list(_per_token(chunks))
 
     tokens, steps = run()
     calls, kernel = [], attention_kernel.decode_attention

@@ -38,6 +38,10 @@ def test_event_sequence_and_contents(random_model, embedded_processor, image):
         "phase",
         "profile",
     ]
+    # sent as one DecodeChunk per chunk of decode steps, the prefill's token first
+    chunks = [e for e in sink.sent if isinstance(e, tm.DecodeChunk)]
+    assert [e.kind for e in sink.sent] == kinds[:5] + ["decode_chunk"] * len(chunks) + kinds[-2:]
+    assert len(chunks[0]) == 1 and sum(map(len, chunks)) == n and len(chunks) < n
     phases = [(e.phase, e.active) for e in sink.of(tm.PhaseEvent)]
     assert phases == [("prefill", True), ("prefill", False), ("decode", True), ("decode", False)]
 

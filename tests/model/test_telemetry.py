@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import threading
 
@@ -5,6 +6,7 @@ import numpy as np
 import pytest
 
 from model import telemetry as tm
+from tests.dash import events as ev
 
 
 def _stats(layers=2, heads=4):
@@ -67,3 +69,17 @@ def test_control_pause_step_stop():
     assert passed == [True]
     c.stop()
     assert c.gate() is False
+
+
+def test_decode_chunk_holds_its_decode_events():
+    """A chunk's tokens stacked (rows of different lengths, the last token done) come back
+    as the very events, field by field; ``per_token`` expands chunks in place."""
+    events = [dataclasses.replace(ev.decode(s, f"t{s}"), done=s == 4) for s in range(2, 5)]
+    chunk = ev.chunk(events)
+    assert len(chunk) == 3 and list(chunk.steps()) == [2, 3, 4]
+    assert [tm.to_record(e) for e in chunk.events()] == [tm.to_record(e) for e in events]
+    assert tm.to_record(chunk.last_event()) == tm.to_record(events[-1])
+    run = ev.run_info()
+    expanded = tm.per_token([run, chunk, events[0]])
+    assert expanded[0] is run and expanded[-1] is events[0]
+    assert [e.step for e in expanded[1:-1]] == [2, 3, 4]
