@@ -44,7 +44,7 @@ computes none of it.
 Host side: a chunk is sized to take about ``CHUNK_SECONDS`` at the measured time per step (one
 step until measured, one while paused, at most ``CHUNK``), so a slow model still reaches the
 viewer a few tokens at a time. Chunk ``c + 1`` is dispatched before chunk ``c``'s results are
-fetched, so the host's work on a chunk (unpacking, one callback per token) overlaps the device
+fetched, so the host's work on a chunk (unpacking, its callback) overlaps the device
 computing the next. Per chunk, one array of tokens, or with telemetry two arrays of
 ``O(CHUNK * (L * H + capacity))`` numbers, leave the device.
 
