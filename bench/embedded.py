@@ -71,11 +71,12 @@ class _ListSink:
 
 def recorded_events(emb: Embedded, new_tokens: int = 64) -> list[tm.Event]:
     """The event stream of one real rollout of the embedded model (``run_inference``, full
-    telemetry, greedy): RunInfo, phases, PrefillEvent, ``new_tokens`` DecodeEvents, profile."""
+    telemetry, greedy), as sent: RunInfo, phases, PrefillEvent, DecodeChunks of
+    ``new_tokens`` tokens in all, profile."""
     sink = _ListSink()
     run_inference(
         emb.model, emb.processor, prompt=emb.prompt, image=emb.image, sink=sink,
         control=tm.RolloutControl(), sampling=GREEDY, max_new_tokens=new_tokens,
         model_name=EMBEDDED.name, random_init=emb.random_init,
     )  # fmt: skip
-    return tm.per_token(sink.events)
+    return sink.events

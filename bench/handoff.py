@@ -10,8 +10,11 @@ channel's event loop (the UI thread, this process's main thread, as in the live 
 
 and then, with ``tracemalloc`` on, 100k events are sent to a loop that is stalled for the whole
 time, to show memory stays within the channel's bounds (``max_in_flight + capacity`` events)
-instead of growing with the events sent. The events are copies of a real rollout's
-``DecodeEvent``s (embedded model), fresh arrays each, as a producer makes them.
+instead of growing with the events sent; once as ``DecodeEvent``s (one per token, as a loop
+calling ``sink.decode`` sends them), once as the rollout's ``DecodeChunk``s (one per chunk of
+decode steps, up to ``CHUNK`` tokens; the channel counts and bounds each as its tokens), a
+``CHUNK``-th as many emits. The events are copies
+of a real rollout's (embedded model), fresh arrays each, as a producer makes them.
 Target: median emit <= 20 us, and no emit waits for the loop.
 
     python -m bench.handoff [--events N] [--stalled N]
@@ -34,9 +37,10 @@ import numpy as np
 from bench import embedded, report
 from dash import state
 from dash.app import SWITCH_INTERVAL_S
-from dash.channel import DroppingChannel
+from dash.channel import DroppingChannel, size
 from dash.layout import Dashboard
 from model import telemetry as tm
+from model.decode import CHUNK
 
 TARGET_US = 20.0
 PACE_S = 0.0005  # the producer's pause between events (a fast decode loop's rate)
@@ -46,17 +50,18 @@ MAX_IN_FLIGHT = _DEFAULTS["max_in_flight"].default
 CAPACITY = _DEFAULTS["capacity"].default
 
 
-def copy_event(event: tm.DecodeEvent, step: int) -> tm.DecodeEvent:
-    """``event`` as a producer would make it anew: fresh arrays, the given step."""
+def copy_event(
+    event: tm.DecodeEvent | tm.DecodeChunk, step: int
+) -> tm.DecodeEvent | tm.DecodeChunk:
+    """``event`` as a producer would make it anew: fresh arrays, the given (first) step."""
+    fresh = {
+        f.name: getattr(event, f.name).copy()
+        for f in dataclasses.fields(event)
+        if isinstance(getattr(event, f.name), np.ndarray)
+    }
     stats = tm.HeadStats(*(np.array(a) for a in dataclasses.astuple(event.stats)))
-    return dataclasses.replace(
-        event,
-        step=step,
-        stats=stats,
-        attn_row=event.attn_row.copy(),
-        top_ids=event.top_ids.copy(),
-        top_probs=event.top_probs.copy(),
-    )
+    first = "first" if isinstance(event, tm.DecodeChunk) else "step"
+    return dataclasses.replace(event, **fresh, stats=stats, **{first: step})
 
 
 def event_bytes(event) -> int:
@@ -110,8 +115,8 @@ async def _block_repeatedly(channel, done: threading.Event) -> None:
         channel.drain()
 
 
-async def measure(events: list, view: state.View, count: int, stalled: int) -> dict:
-    """Emit times (us) per phase, the busy phase's frame rate and the stalled run's memory."""
+async def measure(events: list, view: state.View, count: int) -> dict:
+    """Emit times (us) per phase and the busy phase's frame rate."""
     channel = DroppingChannel()
     results: dict = {}
 
@@ -142,8 +147,14 @@ async def measure(events: list, view: state.View, count: int, stalled: int) -> d
     print(f"blocked loop: median emit {np.median(results['blocked']):.1f} us", flush=True)
     channel.close()
 
-    # memory: the loop stays blocked (this coroutine waits synchronously) while the
-    # producer thread sends every event; then the loop delivers what is in flight
+    return results
+
+
+async def stalled_run(events: list, stalled: int) -> dict:
+    """``stalled`` emits of copies of ``events`` to a loop that stays blocked meanwhile (this
+    coroutine waits synchronously), with ``tracemalloc`` on; then the loop delivers what is
+    in flight. Emit times (us), the peak of memory, the bytes of one token's arrays and the
+    counts."""
     stall = DroppingChannel()
     times = np.empty(stalled)
     tracemalloc.start()
@@ -155,14 +166,14 @@ async def measure(events: list, view: state.View, count: int, stalled: int) -> d
     tracemalloc.stop()
     await anyio.sleep(0.1)
     stall.drain()
-    results["stall"] = {
+    counts = stall.counts()
+    stall.close()
+    return {
         "emit_us": times,
         "peak_bytes": peak - base,
-        "event_bytes": event_bytes(copy_event(events[-1], 0)),
-        "counts": stall.counts(),
+        "token_bytes": event_bytes(copy_event(events[-1], 0)) / size(events[-1]),
+        "counts": counts,
     }
-    stall.close()
-    return results
 
 
 def _stats(times: np.ndarray) -> str:
@@ -183,46 +194,54 @@ def main(argv: list[str] | None = None) -> int:
     view = state.View()
     for event in events:
         view = state.reduce(view, event)
-    decodes = [e for e in events if isinstance(e, tm.DecodeEvent)]
+    decodes = [e for e in tm.per_token(events) if isinstance(e, tm.DecodeEvent)]
+    chunks = [e for e in events if isinstance(e, tm.DecodeChunk)]
     # the live app runs with its own GIL switch interval (dash.app.SWITCH_INTERVAL_S)
     switch_interval = sys.getswitchinterval()
     sys.setswitchinterval(SWITCH_INTERVAL_S)
     try:
-        r = anyio.run(measure, decodes, view, args.events, args.stalled, backend="asyncio")
+        r = anyio.run(measure, decodes, view, args.events, backend="asyncio")
+        stalls = {
+            "DecodeEvents": anyio.run(stalled_run, decodes, args.stalled, backend="asyncio"),
+            "DecodeChunks": anyio.run(
+                stalled_run, chunks, args.stalled // CHUNK, backend="asyncio"
+            ),
+        }
     finally:
         sys.setswitchinterval(switch_interval)
 
-    stall = r["stall"]
-    counts = stall["counts"]
-    bound_events = MAX_IN_FLIGHT + CAPACITY
-    bound = bound_events * stall["event_bytes"]
-    unbounded = args.stalled * stall["event_bytes"]
+    bound_tokens = MAX_IN_FLIGHT + CAPACITY
+    token_bytes = stalls["DecodeEvents"]["token_bytes"]
     median_all = max(float(np.median(r[k])) for k in ("idle", "busy", "blocked"))
-    report.figures(
-        "handoff (issue 6 target 4)",
-        [
-            ("events", f"real DecodeEvents of {emb.label}, {stall['event_bytes']} B of arrays"),
-            ("loop idle (20 FPS drain)", _stats(r["idle"])),
-            (f"loop rendering ({r['busy_fps']:.0f} FPS)", _stats(r["busy"])),
-            (f"loop blocked {BLOCK_S * 1e3:.0f} ms of every 300", _stats(r["blocked"])),
-            ("stalled loop (tracemalloc on)", _stats(stall["emit_us"])),
+    lines = [
+        ("events", f"real DecodeEvents of {emb.label}, {token_bytes:.0f} B of arrays"),
+        ("loop idle (20 FPS drain)", _stats(r["idle"])),
+        (f"loop rendering ({r['busy_fps']:.0f} FPS)", _stats(r["busy"])),
+        (f"loop blocked {BLOCK_S * 1e3:.0f} ms of every 300", _stats(r["blocked"])),
+    ]
+    for name, stall in stalls.items():
+        counts, per_token = stall["counts"], stall["token_bytes"]
+        lines += [
+            (f"stalled loop, {name}", _stats(stall["emit_us"])),
             (
-                "stalled loop memory",
+                "  memory",
                 f"tracemalloc peak {stall['peak_bytes'] / 1e6:.2f} MB; channel bound "
-                f"{bound_events} events = {bound / 1e6:.2f} MB of arrays; "
-                f"unbounded would hold {unbounded / 1e6:.0f} MB",
+                f"{bound_tokens} tokens = {bound_tokens * per_token / 1e6:.2f} MB of arrays; "
+                f"unbounded would hold {counts.sent * per_token / 1e6:.0f} MB",
             ),
             (
-                "stalled loop counts",
+                "  counts (tokens)",
                 f"sent {counts.sent}, received {counts.received}, dropped {counts.dropped}",
             ),
-            (
-                "median emit (worst phase)",
-                f"{median_all:.1f} us (target <= {TARGET_US:.0f}: "
-                f"{report.verdict(median_all <= TARGET_US)})",
-            ),
-        ],
+        ]
+    lines.append(
+        (
+            "median emit (worst phase)",
+            f"{median_all:.1f} us (target <= {TARGET_US:.0f}: "
+            f"{report.verdict(median_all <= TARGET_US)})",
+        )
     )
+    report.figures("handoff (issue 6 target 4)", lines)
     return 0
 
 

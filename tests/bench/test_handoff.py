@@ -2,6 +2,7 @@ import numpy as np
 
 from bench.handoff import copy_event, event_bytes
 from model import telemetry as tm
+from tests.dash import events as ev
 
 
 def _decode_event() -> tm.DecodeEvent:
@@ -27,3 +28,12 @@ def test_copy_event_has_fresh_arrays_and_the_new_step():
     assert not np.shares_memory(copy.attn_row, event.attn_row)
     assert not np.shares_memory(copy.stats.entropy, event.stats.entropy)
     assert event_bytes(copy) == event_bytes(event)
+
+
+def test_copy_event_copies_a_chunk_with_its_new_first_step():
+    chunk = ev.chunk([ev.decode(step) for step in range(4)])
+    copy = copy_event(chunk, 40)
+    assert copy.first == 40 and chunk.first == 0
+    assert not np.shares_memory(copy.attn_rows, chunk.attn_rows)
+    assert not np.shares_memory(copy.stats.argmax, chunk.stats.argmax)
+    assert event_bytes(copy) == event_bytes(chunk)
