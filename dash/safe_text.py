@@ -82,8 +82,10 @@ def safe(text: str) -> str:
     return "".join(out)
 
 
+@functools.lru_cache(maxsize=4096)
 def width(text: str) -> int:
-    """Display columns of ``text`` as urwid lays it out."""
+    """Display columns of ``text`` as urwid lays it out (memoised: a frame measures
+    thousands of segments, most of them cells and labels drawn every frame)."""
     return calc_width(text, 0, len(text))
 
 
