@@ -61,6 +61,7 @@ class Processor:
                 raise ProcessorError(f"tokenizer has no {token} token")
         self.image_token_id = vocab[IMAGE_TOKEN]
         self.eos_token_ids = [vocab[t] for t in EOS_TOKENS if t in vocab]
+        self._texts: dict[int, str] = {}  # token_texts, by id
 
     @classmethod
     def from_pretrained(cls, path: str | Path) -> Processor:
@@ -136,6 +137,15 @@ class Processor:
         """Text of ``ids`` without special tokens."""
         return self.tokenizer.decode(np.asarray(ids).ravel().tolist(), skip_special_tokens=True)
 
-    def token_texts(self, ids) -> list[str]:
-        """Display text of each token, special tokens included (``'<|im_end|>'``)."""
-        return self.tokenizer.batch_decode([[int(i)] for i in np.asarray(ids).ravel()])
+    def token_texts(self, ids) -> tuple[str, ...]:
+        """Display text of each token, special tokens included (``'<|im_end|>'``). Memoised
+        by id for the processor's lifetime: a rollout asks for every sampled token and its
+        alternatives, and a tokenizer call per token is slow."""
+        ids = np.asarray(ids).ravel().tolist()
+        try:
+            return tuple(map(self._texts.__getitem__, ids))
+        except KeyError:  # first sight of some ids: one tokenizer call for all of them
+            missing = sorted({i for i in ids if i not in self._texts})
+            texts = self.tokenizer.batch_decode([[i] for i in missing])
+            self._texts.update(zip(missing, texts, strict=True))
+        return tuple(map(self._texts.__getitem__, ids))

@@ -76,23 +76,6 @@ def _first_rows(stats: tm.HeadStats, n: int) -> tm.HeadStats:
     return tm.HeadStats(*(getattr(stats, f.name)[:n] for f in dataclasses.fields(stats)))
 
 
-class _TokenTexts:
-    """Token id -> display text, memoised (a tokenizer call per token is slow)."""
-
-    def __init__(self, processor):
-        self._processor = processor
-        self._cache: dict[int, str] = {}
-
-    def __call__(self, ids) -> tuple[str, ...]:
-        ids = np.asarray(ids).ravel().tolist()
-        try:
-            return tuple(map(self._cache.__getitem__, ids))
-        except KeyError:  # first sight of some ids: one tokenizer call for all of them
-            missing = sorted({i for i in ids if i not in self._cache})
-            self._cache.update(zip(missing, self._processor.token_texts(missing), strict=True))
-        return tuple(map(self._cache.__getitem__, ids))
-
-
 def run_info(
     m: Qwen3VL,
     processor,
@@ -144,7 +127,7 @@ def sample_watched(
     watched sample's tokens (``control.selection[0]``), ``PhaseEvent`` decode end."""
     cfg = m.config
     ids = inputs["input_ids"]
-    texts = _TokenTexts(processor)
+    texts = processor.token_texts
     images = []
     if image is not None:
         grids = np.asarray(inputs["image_grid_thw"]).reshape(-1, 3)

@@ -124,7 +124,7 @@ def run_grpo(
             tm.CreditEvent(
                 step=step,
                 sample=watched,
-                tokens=tuple(processor.token_texts(answer)),
+                tokens=processor.token_texts(answer),
                 credits=np.asarray(credit[0][watched], np.float32),
                 reward=float(rewards[0, watched]),
                 advantage=float(advantages[0, watched]),

@@ -214,3 +214,22 @@ def test_bad_prompts_and_images(processor):
         processor.prepare("x", [np.zeros((8, 8, 3))])
     with pytest.raises(ProcessorError, match="aspect ratio"):
         processor.prepare("x", [random_image(1, 300)])
+
+
+def test_token_texts_ask_the_tokenizer_once_per_new_id(checkpoint_dir, monkeypatch):
+    processor = Processor.from_pretrained(checkpoint_dir)
+    decode, asked = processor.tokenizer.batch_decode, []
+
+    def batch_decode(ids):
+        asked.append([i for (i,) in ids])
+        return decode(ids)
+
+    monkeypatch.setattr(processor.tokenizer, "batch_decode", batch_decode)
+    ids = processor.prepare("what color is the circle?", [])["input_ids"][0]
+    first = processor.token_texts(ids)
+    assert asked == [sorted(set(ids.tolist()))]
+    assert processor.token_texts(ids[::-1]) == first[::-1] and len(asked) == 1
+    new = int(ids.max()) + 1
+    assert processor.token_texts([new, ids[0]])[1] == first[0]
+    assert asked[1:] == [[new]]
+    assert first == tuple(decode([[i] for i in ids.tolist()]))  # the tokenizer's own texts
