@@ -431,11 +431,6 @@ class ChunkTelemetry:
     tokens: np.ndarray  # [n, B] int32, every row's token
     finished: np.ndarray  # [n, B] bool, the row had stopped before the step (token discarded)
 
-    def step_stats(self) -> list[HeadStats]:
-        """Each token's ``[L, H]`` summaries (views of ``stats``)."""
-        fields = [list(getattr(self.stats, f.name)) for f in dataclasses.fields(HeadStats)]
-        return [HeadStats(*values) for values in zip(*fields, strict=True)]
-
 
 @dataclasses.dataclass(frozen=True)
 class Generation:
@@ -620,7 +615,7 @@ def generate(
         if on_prefill:
             on_prefill(
                 PrefillTelemetry(
-                    sample=s, layer=sel[1], head=sel[2], stats=chunk.step_stats()[0],
+                    sample=s, layer=sel[1], head=sel[2], stats=chunk.stats.steps()[0],
                     attn_map=tel[2][:r, :r], positions=prompt.positions[:, s, :length],
                     prompt_length=length, cache_capacity=capacity, vision_norm=float(norms[0]),
                     text_norm=float(norms[1]), elapsed_ms=elapsed_ms,

@@ -17,7 +17,6 @@ the watched sample's prefill and decode events.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -69,11 +68,6 @@ def deepstack_layers(m: Qwen3VL) -> tuple[int, ...]:
     """Decoder layers after which DeepStack features are added (``model.text``)."""
     n = len(m.config.vision.deepstack_visual_indexes)
     return tuple(range(min(n, m.config.text.num_hidden_layers)))
-
-
-def _first_rows(stats: tm.HeadStats, n: int) -> tm.HeadStats:
-    """The first ``n`` steps of ``stats`` stacked per step."""
-    return tm.HeadStats(*(getattr(stats, f.name)[:n] for f in dataclasses.fields(stats)))
 
 
 def run_info(
@@ -169,7 +163,7 @@ def sample_watched(
                 token_texts=texts(ids), probs=c.probs[:n], top_ids=c.top_ids[:n],
                 top_probs=c.top_probs[:n], top_texts=texts(c.top_ids[:n]),
                 cache_lens=c.cache_lens[:n], cache_capacity=capacity, positions=c.positions[:n],
-                stats=_first_rows(c.stats, n),
+                stats=c.stats.first_steps(n),
                 layer=c.layer, head=c.head, attn_rows=c.attn_rows[:n], elapsed_ms=c.elapsed_ms,
                 done=last in eos or c.first + n == max_new_tokens,
             )

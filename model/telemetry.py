@@ -49,6 +49,17 @@ class HeadStats:
 
     METRICS: ClassVar[tuple[str, ...]] = ("max_weight", "entropy", "vision_mass", "sink_mass")
 
+    # Summaries of several steps stack every field per step, ``[n, L, H]``.
+
+    def steps(self, start: int = 0) -> list[HeadStats]:
+        """Each step's ``[L, H]`` summaries, from step ``start`` on (views)."""
+        fields = [list(getattr(self, f.name)[start:]) for f in dataclasses.fields(self)]
+        return [HeadStats(*values) for values in zip(*fields, strict=True)]
+
+    def first_steps(self, n: int) -> HeadStats:
+        """The summaries of the first ``n`` steps (views)."""
+        return HeadStats(*(getattr(self, f.name)[:n] for f in dataclasses.fields(self)))
+
 
 @dataclasses.dataclass(frozen=True)
 class ImageInfo:
@@ -146,11 +157,10 @@ class DecodeChunk:
     def events(self, start: int = 0) -> list[DecodeEvent]:
         """The ``DecodeEvent`` of each token from number ``start`` on."""
         n, k = len(self), self.top_ids.shape[1]
-        stats = [list(getattr(self.stats, f.name)[start:]) for f in dataclasses.fields(HeadStats)]
         columns = zip(
             range(start, n), self.token_ids[start:].tolist(), self.probs[start:].tolist(),
-            self.cache_lens[start:].tolist(), self.positions[start:].tolist(), *stats,
-            strict=True,
+            self.cache_lens[start:].tolist(), self.positions[start:].tolist(),
+            self.stats.steps(start), strict=True,
         )  # fmt: skip
         return [
             DecodeEvent(
@@ -158,11 +168,11 @@ class DecodeChunk:
                 token_text=self.token_texts[j], prob=prob, top_ids=self.top_ids[j],
                 top_probs=self.top_probs[j], top_texts=self.top_texts[j * k : (j + 1) * k],
                 cache_len=cache_len, cache_capacity=self.cache_capacity,
-                position=tuple(position), stats=HeadStats(*head_stats), layer=self.layer,
+                position=tuple(position), stats=stats, layer=self.layer,
                 head=self.head, attn_row=self.attn_rows[j, :cache_len],
                 elapsed_ms=self.elapsed_ms, done=self.done and j == n - 1,
             )
-            for j, token, prob, cache_len, position, *head_stats in columns
+            for j, token, prob, cache_len, position, stats in columns
         ]  # fmt: skip
 
     def last_event(self) -> DecodeEvent:

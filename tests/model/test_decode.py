@@ -112,7 +112,7 @@ def _per_token(chunks):
     ``layer``, ``head``, ``token_id``, ``prob``, ``top_ids``, ``top_probs``, ``cache_len``,
     ``position``, ``stats``, ``attn_row``, ``tokens``, ``finished``."""
     for c in chunks:
-        for j, stats in enumerate(c.step_stats()):
+        for j, stats in enumerate(c.stats.steps()):
             cache_len = int(c.cache_lens[j])
             yield types.SimpleNamespace(
                 step=c.first + j, sample=c.sample, layer=c.layer, head=c.head,
