@@ -372,10 +372,10 @@ def main() -> int:
     RESULTS["attention_kernel"] = runs_attention_kernel(cfg.text, default_capacity(PROMPT, NEW))
     if RESULTS["attention_kernel"]:  # elsewhere both runs would be the same program
         part("xla_attention", xla_attention)
-    if args.profile:
-        part("profile", profile)
     if not args.skip_transformers:
         part("transformers", transformers)
+    if args.profile:  # last: a failure under the profiler can poison the CUDA context
+        part("profile", profile)
     RESULTS["seconds_total"] = round(time.perf_counter() - begin, 1)
     save_results()
     print("\n== GPU decode benchmark (issue 6 target 6) ==")
