@@ -27,6 +27,7 @@ import time
 
 from bench import embedded, report
 from bench.headless import run_app
+from dash import channel
 from dash.sources import EMBEDDED
 from model import telemetry as tm
 from model.decode import generate
@@ -55,10 +56,8 @@ class _Timings:
         self.ui_marks.append((time.monotonic(), time.thread_time()))
 
     def emit(self, event: tm.Event) -> None:
-        if isinstance(event, tm.DecodeEvent):
-            self._events += 1
-        elif isinstance(event, tm.DecodeChunk):
-            self._events += len(event)
+        if isinstance(event, tm.DecodeEvent | tm.DecodeChunk):
+            self._events += channel.size(event)  # the tokens it stands for
         elif isinstance(event, tm.PhaseEvent) and event.phase == "decode":
             if event.active:
                 self._events, self._start = 0, time.monotonic()
