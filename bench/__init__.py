@@ -1,1 +1,1 @@
-"""Benchmarks of issue 6 (and the soak of issue 7): `python -m bench` runs the CPU ones."""
+"""Benchmarks of the dashboard and the decode: `python -m bench` runs the CPU ones."""

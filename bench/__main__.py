@@ -1,9 +1,9 @@
-"""``python -m bench`` (what ``tox -e bench`` runs): the CPU benchmarks of issue 6, one after
-the other, each in its own process so none inherits another's threads, caches or memory.
+"""``python -m bench`` (what ``tox -e bench`` runs): the CPU benchmarks, one after the
+other, each in its own process so none inherits another's threads, caches or memory.
 
     python -m bench                 # all CPU benchmarks (about 10-15 minutes on 2 cores)
     python -m bench --only handoff,frame_cost
-    python -m bench --soak          # also the issue 7 soak (several minutes more)
+    python -m bench --soak          # also the soak (several minutes more)
 
 ``bench.gpu`` is not run here: it needs a GPU (``python -m bench.gpu``). The exit status says
 whether every benchmark ran, not whether it met its target: each prints its figures and

@@ -1,4 +1,4 @@
-"""Issue 6, target 3: what a frame costs, and how soon a key press shows.
+"""What a frame costs, and how soon a key press shows.
 
 1. Frame cost. The live default run (the embedded model learning with GRPO,
    ``dash.sources.default_source``) is recorded to JSON Lines for ``--steps`` decode steps
@@ -171,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     render_ms, write_ms = frame_times(views, args.frames)
     render, render95 = report.median(render_ms), report.percentile(render_ms, 95)
     report.figures(
-        "frame cost and key latency (issue 6 target 3)",
+        "frame cost and key-to-screen latency",
         [
             ("view model", f"{events} recorded events of python -m dash (GRPO, embedded model)"),
             (

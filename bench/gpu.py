@@ -378,7 +378,7 @@ def main() -> int:
         part("profile", profile)
     RESULTS["seconds_total"] = round(time.perf_counter() - begin, 1)
     save_results()
-    print("\n== GPU decode benchmark (issue 6 target 6) ==")
+    print("\n== GPU decode at Qwen3-VL-2B text shapes, against the memory-bandwidth floor ==")
     lines = figures()
     width = max(len(k) for k, _ in lines)
     for k, v in lines:

@@ -1,4 +1,4 @@
-"""Issue 6, target 5: telemetry at long context, 1K to 32K cache slots.
+"""Telemetry at long context, 1K to 32K cache slots.
 
 For each cache capacity C (1K, 2K, ... 32K tokens), the embedded model decodes a text-only
 prompt (the task's question text, repeated) with ``model.decode.generate(capacity=C)``:
@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{worst:.3f} (target >= {TARGET}: {report.verdict(worst >= TARGET)})",
         ),
     ]
-    report.figures("long context (issue 6 target 5)", lines)
+    report.figures("long context: telemetry on / off and bytes per step, 1K to 32K slots", lines)
     return 0
 
 

@@ -1,4 +1,4 @@
-"""Issue 7, item 5: a scaled-down long run.
+"""Soak: a scaled-down long run of the live app.
 
 The live dashboard (``dash.app.App``, headless on a pseudo-terminal, ``bench.headless``,
 frame pump at 20 FPS) watches the real rollout (``model.rollout.run_inference`` on the
@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"max {intervals.max():.1f} ms",
             )
         )
-    report.figures("soak (issue 7 item 5)", lines)
+    report.figures("soak: memory and frame pump over a long live run", lines)
     return 0
 
 

@@ -1,4 +1,4 @@
-"""Issue 6, target 1: what watching costs the run.
+"""What watching costs the run.
 
 A: the real rollout (``model.rollout.run_inference``, full telemetry) decoding in the live
    dashboard's worker thread while the dashboard (``dash.app.App``, headless on a
@@ -184,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     ratio = report.median(ratios)
     verdict = f"target >= {TARGET}: {report.verdict(ratio >= TARGET)}"
     report.figures(
-        "telemetry overhead (issue 6 target 1)",
+        "telemetry overhead: decode watched by the dashboard over plain decode",
         [
             ("model", emb.label),
             (

@@ -1,4 +1,4 @@
-"""Issue 6, target 2: our decode against transformers' ``generate`` on this CPU.
+"""Our decode against transformers' ``generate`` on this CPU.
 
 Both run the embedded checkpoint (``assets/tiny-qwen3vl``; while no trained one is shipped,
 the random initialisation written to a temporary directory with ``save_pretrained``) on the
@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
         for n in threads
     ]
     report.figures(
-        "ours vs transformers (issue 6 target 2)",
+        "ours vs transformers: decode tokens/s",
         [
             ("model", f"{emb.label}; transformers: {note}"),
             ("run", run),
