@@ -9,10 +9,10 @@ channel's event loop (the UI thread, this process's main thread, as in the live 
 3. blocked: a loop callback sleeps 200 ms at a time (the loop runs nothing meanwhile);
 
 and then, with ``tracemalloc`` on, 100k events are sent to a loop that is stalled for the whole
-time, to show memory stays within the channel's bounds (``max_in_flight + capacity`` events)
-instead of growing with the events sent; once as ``DecodeEvent``s (one per token, as a loop
+time, to show memory stays within the channel's bound (``CAPACITY`` events) instead of
+growing with the events sent; once as ``DecodeEvent``s (one per token, as a loop
 calling ``sink.decode`` sends them), once as the rollout's ``DecodeChunk``s (one per chunk of
-decode steps, up to ``CHUNK`` tokens; the channel counts and bounds each as its tokens), a
+decode steps, up to ``CHUNK`` tokens; the channel counts each as its tokens), a
 ``CHUNK``-th as many emits. The events are copies
 of a real rollout's (embedded model), fresh arrays each, as a producer makes them.
 Target: median emit <= 20 us, and no emit waits for the loop.
@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
-import inspect
 import sys
 import threading
 import time
@@ -37,7 +36,7 @@ import numpy as np
 from bench import embedded, report
 from dash import state
 from dash.app import SWITCH_INTERVAL_S
-from dash.channel import DroppingChannel, size
+from dash.channel import CAPACITY, DroppingChannel, size
 from dash.layout import Dashboard
 from model import telemetry as tm
 from model.decode import CHUNK
@@ -45,9 +44,6 @@ from model.decode import CHUNK
 TARGET_US = 20.0
 PACE_S = 0.0005  # the producer's pause between events (a fast decode loop's rate)
 BLOCK_S = 0.2
-_DEFAULTS = inspect.signature(DroppingChannel).parameters  # the live app's channel
-MAX_IN_FLIGHT = _DEFAULTS["max_in_flight"].default
-CAPACITY = _DEFAULTS["capacity"].default
 
 
 def copy_event(
@@ -152,8 +148,9 @@ async def measure(events: list, view: state.View, count: int) -> dict:
 
 async def stalled_run(events: list, stalled: int) -> dict:
     """``stalled`` emits of copies of ``events`` to a loop that stays blocked meanwhile (this
-    coroutine waits synchronously), with ``tracemalloc`` on; then the loop delivers what is
-    in flight. Emit times (us), the peak of memory, the bytes of one token's arrays and the
+    coroutine waits synchronously), with ``tracemalloc`` on; then the loop drains what the
+    channel holds. Emit times (us), the peak of memory, the bytes of one token's arrays, the
+    channel's bound in tokens and bytes of arrays (``CAPACITY`` of the largest events) and the
     counts."""
     stall = DroppingChannel()
     times = np.empty(stalled)
@@ -164,7 +161,6 @@ async def stalled_run(events: list, stalled: int) -> dict:
     worker.join()
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
-    await anyio.sleep(0.1)
     stall.drain()
     counts = stall.counts()
     stall.close()
@@ -172,6 +168,8 @@ async def stalled_run(events: list, stalled: int) -> dict:
         "emit_us": times,
         "peak_bytes": peak - base,
         "token_bytes": event_bytes(copy_event(events[-1], 0)) / size(events[-1]),
+        "bound_tokens": CAPACITY * max(map(size, events)),
+        "bound_bytes": CAPACITY * max(map(event_bytes, events)),
         "counts": counts,
     }
 
@@ -210,7 +208,6 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         sys.setswitchinterval(switch_interval)
 
-    bound_tokens = MAX_IN_FLIGHT + CAPACITY
     token_bytes = stalls["DecodeEvents"]["token_bytes"]
     median_all = max(float(np.median(r[k])) for k in ("idle", "busy", "blocked"))
     lines = [
@@ -226,7 +223,8 @@ def main(argv: list[str] | None = None) -> int:
             (
                 "  memory",
                 f"tracemalloc peak {stall['peak_bytes'] / 1e6:.2f} MB; channel bound "
-                f"{bound_tokens} tokens = {bound_tokens * per_token / 1e6:.2f} MB of arrays; "
+                f"{CAPACITY} events = {stall['bound_tokens']} tokens = "
+                f"{stall['bound_bytes'] / 1e6:.2f} MB of arrays; "
                 f"unbounded would hold {counts.sent * per_token / 1e6:.0f} MB",
             ),
             (
