@@ -57,7 +57,7 @@ def recorded_views(steps: int) -> tuple[list[state.View], int]:
     view, views = state.View(), []
     for event in events:
         view = state.reduce(view, event)
-        if isinstance(event, tm.DecodeEvent):
+        if isinstance(event, tm.DecodeChunk):
             views.append(view)
     return views, len(events)
 

@@ -10,10 +10,10 @@ channel's event loop (the UI thread, this process's main thread, as in the live 
 
 and then, with ``tracemalloc`` on, 100k events are sent to a loop that is stalled for the whole
 time, to show memory stays within the channel's bound (``CAPACITY`` events) instead of
-growing with the events sent; once as ``DecodeEvent``s (one per token, as a loop
-calling ``sink.decode`` sends them), once as the rollout's ``DecodeChunk``s (one per chunk of
-decode steps, up to ``CHUNK`` tokens; the channel counts each as its tokens), a
-``CHUNK``-th as many emits. The events are copies
+growing with the events sent; once as chunks of one token (as a loop calling
+``sink.decode`` sends them), once as the rollout's ``DecodeChunk``s (one per chunk of decode
+steps, up to ``CHUNK`` tokens; the channel counts each as its tokens), a ``CHUNK``-th as
+many emits. The events are copies
 of a real rollout's (embedded model), fresh arrays each, as a producer makes them.
 Target: median emit <= 20 us, and no emit waits for the loop.
 
@@ -46,18 +46,15 @@ PACE_S = 0.0005  # the producer's pause between events (a fast decode loop's rat
 BLOCK_S = 0.2
 
 
-def copy_event(
-    event: tm.DecodeEvent | tm.DecodeChunk, step: int
-) -> tm.DecodeEvent | tm.DecodeChunk:
-    """``event`` as a producer would make it anew: fresh arrays, the given (first) step."""
+def copy_event(event: tm.DecodeChunk, first: int) -> tm.DecodeChunk:
+    """``event`` as a producer would make it anew: fresh arrays, the given first step."""
     fresh = {
         f.name: getattr(event, f.name).copy()
         for f in dataclasses.fields(event)
         if isinstance(getattr(event, f.name), np.ndarray)
     }
     stats = tm.HeadStats(*(np.array(a) for a in dataclasses.astuple(event.stats)))
-    first = "first" if isinstance(event, tm.DecodeChunk) else "step"
-    return dataclasses.replace(event, **fresh, stats=stats, **{first: step})
+    return dataclasses.replace(event, **fresh, stats=stats, first=first)
 
 
 def event_bytes(event) -> int:
@@ -192,26 +189,24 @@ def main(argv: list[str] | None = None) -> int:
     view = state.View()
     for event in events:
         view = state.reduce(view, event)
-    decodes = [e for e in tm.per_token(events) if isinstance(e, tm.DecodeEvent)]
     chunks = [e for e in events if isinstance(e, tm.DecodeChunk)]
+    tokens = [tm.from_record(r) for chunk in chunks for r in tm.records(chunk)]
     # the live app runs with its own GIL switch interval (dash.app.SWITCH_INTERVAL_S)
     switch_interval = sys.getswitchinterval()
     sys.setswitchinterval(SWITCH_INTERVAL_S)
     try:
-        r = anyio.run(measure, decodes, view, args.events, backend="asyncio")
+        r = anyio.run(measure, tokens, view, args.events, backend="asyncio")
         stalls = {
-            "DecodeEvents": anyio.run(stalled_run, decodes, args.stalled, backend="asyncio"),
-            "DecodeChunks": anyio.run(
-                stalled_run, chunks, args.stalled // CHUNK, backend="asyncio"
-            ),
+            "tokens": anyio.run(stalled_run, tokens, args.stalled, backend="asyncio"),
+            "chunks": anyio.run(stalled_run, chunks, args.stalled // CHUNK, backend="asyncio"),
         }
     finally:
         sys.setswitchinterval(switch_interval)
 
-    token_bytes = stalls["DecodeEvents"]["token_bytes"]
+    token_bytes = stalls["tokens"]["token_bytes"]
     median_all = max(float(np.median(r[k])) for k in ("idle", "busy", "blocked"))
     lines = [
-        ("events", f"real DecodeEvents of {emb.label}, {token_bytes:.0f} B of arrays"),
+        ("events", f"real tokens of {emb.label}, {token_bytes:.0f} B of arrays each"),
         ("loop idle (20 FPS drain)", _stats(r["idle"])),
         (f"loop rendering ({r['busy_fps']:.0f} FPS)", _stats(r["busy"])),
         (f"loop blocked {BLOCK_S * 1e3:.0f} ms of every 300", _stats(r["blocked"])),

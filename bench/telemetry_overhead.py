@@ -40,7 +40,7 @@ FPS = 20.0  # the dashboard's frame rate in A
 
 class _Timings:
     """A sink between the rollout and the dashboard noting each episode's decode: its wall
-    time (from the decode-end phase event), its DecodeEvents and when it ran. With the app's
+    time (from the decode-end phase event), its decoded tokens and when it ran. With the app's
     event ``loop``, also the UI thread's CPU time at the start and end of each decode."""
 
     def __init__(self, target: tm.Sink, loop=None) -> None:
@@ -56,7 +56,7 @@ class _Timings:
         self.ui_marks.append((time.monotonic(), time.thread_time()))
 
     def emit(self, event: tm.Event) -> None:
-        if isinstance(event, tm.DecodeEvent | tm.DecodeChunk):
+        if isinstance(event, tm.DecodeChunk):
             self._events += channel.size(event)  # the tokens it stands for
         elif isinstance(event, tm.PhaseEvent) and event.phase == "decode":
             if event.active:

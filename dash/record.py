@@ -1,8 +1,8 @@
 """Recording and replaying telemetry as JSON Lines.
 
-One event per line: ``{"type": <kind>, "t": <seconds since the recording started>,
-...fields}`` (``model.telemetry.to_record`` plus ``t``); a ``DecodeChunk`` is written as its
-``DecodeEvent``s. Replay paces the events by
+One record per line: ``{"type": <kind>, "t": <seconds since the recording started>,
+...fields}`` (``model.telemetry.records`` plus ``t``); a ``DecodeChunk`` is written as one
+``decode`` record per token, and read back as chunks of one token. Replay paces the events by
 ``t`` divided by ``--speed``; a file without ``t`` (written by another program) is paced
 by the decode / prefill events' own ``elapsed_ms``. A decode event waits at
 ``control.gate()``, so pause and single step work in replay as they do live.
@@ -35,12 +35,9 @@ class Recorder:
         self._lock = threading.Lock()
 
     def write(self, event: tm.Event) -> None:
-        """Append ``event`` (a ``DecodeChunk`` as its ``DecodeEvent``s, one line each)."""
+        """Append ``event``'s records (a ``DecodeChunk`` one line per token)."""
         t = round(time.monotonic() - self._start, 6)
-        lines = [
-            json.dumps({**tm.to_record(e), "t": t}, ensure_ascii=False)
-            for e in tm.per_token([event])
-        ]
+        lines = [json.dumps({**r, "t": t}, ensure_ascii=False) for r in tm.records(event)]
         with self._lock:
             if not self._file.closed:
                 self._file.writelines(line + "\n" for line in lines)
@@ -99,7 +96,7 @@ def _delay(prev_t: float | None, t: float | None, event: tm.Event) -> float:
     """Seconds between the previous event and this one at speed 1."""
     if t is not None and prev_t is not None:
         return max(0.0, t - prev_t)
-    if t is None and isinstance(event, (tm.DecodeEvent, tm.PrefillEvent)):
+    if t is None and isinstance(event, (tm.DecodeChunk, tm.PrefillEvent)):
         ms = event.elapsed_ms
         return max(0.0, ms / 1000.0) if isinstance(ms, (int, float)) else 0.0
     return 0.0
@@ -125,7 +122,7 @@ def replay_rollout(recording: Recording, speed: float = 1.0):
             if not _sleep(_delay(prev_t, t, event) / speed, control):
                 return
             prev_t = t if t is not None else prev_t
-            if isinstance(event, tm.DecodeEvent) and not control.gate():
+            if isinstance(event, tm.DecodeChunk) and not control.gate():
                 return
             sink.emit(event)
 

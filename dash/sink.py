@@ -1,9 +1,12 @@
-"""What a rollout function is handed: ``emit(event)`` plus keyword conveniences that
-build the telemetry events, for training loops that do not build them themselves.
+"""What a rollout function is handed: ``emit(event)`` plus keyword conveniences that build
+the telemetry events, for training loops that do not build them themselves.
 
+The conveniences take the fields of the event's record (the README's event table,
+``model.telemetry.record_fields``) as keywords and build the event with the record codec,
+so they type and check values as a recording's are. A value a loop does not have stays
+absent (``None``) and the panel shows "—" or "waiting", never an invented number.
 Everything passes through ``emit`` of the target (the dropping channel, possibly via a
-recorder), so it never waits for the UI. A value a loop does not have stays absent
-(``None`` / empty) and the panel shows "—" or "waiting", never an invented number.
+recorder), so it never waits for the UI.
 """
 
 from __future__ import annotations
@@ -11,19 +14,13 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 
-import numpy as np
-
 from model import telemetry as tm
 
 
-def _array(values, dtype) -> np.ndarray:
-    return np.asarray(values if values is not None else [], dtype=dtype)
-
-
-def no_stats() -> tm.HeadStats:
-    """Per-head summaries of a loop that has none: empty arrays (panels say "waiting")."""
-    empty = np.zeros((0, 0), np.float32)
-    return tm.HeadStats(empty, empty, empty, empty, np.zeros((0, 0), np.int32))
+def _check_names(kind: str, fields: dict) -> None:
+    unknown = sorted(set(fields) - set(tm.record_fields(kind)))
+    if unknown:
+        raise TypeError(f"sink.{kind}: unknown field(s) {', '.join(unknown)}")
 
 
 class EventSink:
@@ -36,105 +33,25 @@ class EventSink:
     def emit(self, event: tm.Event) -> None:
         self._target.emit(event)
 
-    def decode(
-        self,
-        *,
-        step: int,
-        token_id: int,
-        token_text: str,
-        prob: float,
-        cache_len: int,
-        cache_capacity: int,
-        episode: int = 0,
-        sample: int = 0,
-        top_ids: Sequence[int] = (),
-        top_probs: Sequence[float] = (),
-        top_texts: Sequence[str] = (),
-        position: tuple[int, int, int] | None = None,
-        stats: tm.HeadStats | None = None,
-        layer: int = 0,
-        head: int = 0,
-        attn_row: Sequence[float] | None = None,
-        elapsed_ms: float | None = None,
-        done: bool = False,
-    ) -> None:
-        """One sampled token. Without ``elapsed_ms`` the wall time since the previous
-        ``decode`` call is used (None for the first one)."""
+    def decode(self, **token) -> None:
+        """One sampled token, given as the fields of a ``decode`` record: ``step``,
+        ``token_id``, ``token_text``, ``prob``, ``cache_len`` and ``cache_capacity``, and
+        any of the optional ones. Without ``elapsed_ms`` the wall time since the previous
+        ``decode`` call is used (none for the first one)."""
+        _check_names("decode", token)
         now = time.perf_counter()
-        if elapsed_ms is None and self._last_decode is not None:
-            elapsed_ms = (now - self._last_decode) * 1000.0
+        if token.get("elapsed_ms") is None and self._last_decode is not None:
+            token["elapsed_ms"] = (now - self._last_decode) * 1000.0
         self._last_decode = now
-        self.emit(
-            tm.DecodeEvent(
-                episode=episode,
-                sample=sample,
-                step=step,
-                token_id=int(token_id),
-                token_text=str(token_text),
-                prob=float(prob),
-                top_ids=_array(top_ids, np.int32),
-                top_probs=_array(top_probs, np.float32),
-                top_texts=tuple(str(t) for t in top_texts),
-                cache_len=int(cache_len),
-                cache_capacity=int(cache_capacity),
-                position=None if position is None else tuple(int(p) for p in position),
-                stats=stats if stats is not None else no_stats(),
-                layer=layer,
-                head=head,
-                attn_row=_array(attn_row, np.float32),
-                elapsed_ms=elapsed_ms,
-                done=done,
-            )
-        )
+        self.emit(tm.DecodeChunk.from_token_record(tm.to_plain(token)))
 
-    def train(
-        self,
-        *,
-        step: int,
-        reward_mean: float,
-        reward_std: float | None = None,
-        kl: float | None = None,
-        loss: float | None = None,
-        clip_frac: float | None = None,
-        entropy: float | None = None,
-        grad_norm: float | None = None,
-        tokens_per_s: float | None = None,
-        rewards: Sequence[float] = (),
-    ) -> None:
-        """One policy update's metrics."""
-        self.emit(
-            tm.TrainEvent(
-                step=step,
-                reward_mean=float(reward_mean),
-                reward_std=reward_std,
-                kl=kl,
-                loss=loss,
-                clip_frac=clip_frac,
-                entropy=entropy,
-                grad_norm=grad_norm,
-                tokens_per_s=tokens_per_s,
-                rewards=_array(rewards, np.float32),
-            )
-        )
+    def train(self, **fields) -> None:
+        """One policy update: the fields of a ``train`` record (``step``, ``reward_mean``
+        and any of the optional metrics)."""
+        _check_names("train", fields)
+        self.emit(tm.from_fields(tm.TrainEvent, fields))
 
-    def credit(
-        self,
-        tokens: Sequence[str],
-        credits: Sequence[float],
-        *,
-        step: int = 0,
-        sample: int = 0,
-        reward: float | None = None,
-        advantage: float | None = None,
-    ) -> None:
-        """Per-token credit of one finished episode."""
-        self.emit(
-            tm.CreditEvent(
-                step=step,
-                sample=sample,
-                tokens=tuple(str(t) for t in tokens),
-                credits=_array(credits, np.float32),
-                reward=reward,
-                advantage=advantage,
-            )
-        )
+    def credit(self, tokens: Sequence[str], credits: Sequence[float], **fields) -> None:
+        """Per-token credit of one finished episode (and the other ``credit`` fields)."""
+        _check_names("credit", fields)
+        self.emit(tm.from_fields(tm.CreditEvent, {"tokens": tokens, "credits": credits, **fields}))

@@ -7,6 +7,7 @@ import time
 import traceback
 
 from dash import state
+from dash.channel import size
 from dash.layout import Dashboard
 from dash.record import Recorder
 from dash.sink import EventSink
@@ -23,13 +24,16 @@ class _Collector:
         self.control = control
 
     def emit(self, event: tm.Event) -> None:
-        for e in tm.per_token([event]):
-            if isinstance(e, tm.DecodeEvent) and self.control.stopped:
+        if isinstance(event, tm.DecodeChunk):
+            if self.control.stopped:
                 return  # decoded with the step that stopped it (a rollout decodes in chunks)
-            self.view = state.reduce(self.view, e)
-            self.count += 1
-            if isinstance(e, tm.DecodeEvent) and self.view.decode_count >= self.steps:
-                self.control.stop()
+            left = self.steps - self.view.decode_count
+            if len(event) > left:
+                event = event.first_tokens(left)
+        self.view = state.reduce(self.view, event)
+        self.count += size(event)
+        if isinstance(event, tm.DecodeChunk) and self.view.decode_count >= self.steps:
+            self.control.stop()
 
 
 def snapshot(

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 
 from model import telemetry as tm
 
@@ -35,7 +35,7 @@ class View:
 
     run: tm.RunInfo | None = None
     prefill: tm.PrefillEvent | None = None  # prompt of the current episode
-    decode: tm.DecodeEvent | None = None  # latest sampled token
+    decode: tm.DecodeChunk | None = None  # latest sampled tokens: the newest is the last
     generated: tuple[tuple[int, str], ...] = ()  # (step, text) of this episode, last 256
     step_ms: tuple[float, ...] = ()  # wall time of the last decode steps
     decode_count: int = 0  # decode events folded; every one is a KV cache write
@@ -49,9 +49,12 @@ class View:
 
     @property
     def stats(self) -> tm.HeadStats | None:
-        """Per-head summaries of the latest query position (decode, else prefill)."""
-        source = self.decode or self.prefill
-        return None if source is None else source.stats
+        """Per-head summaries ``[L, H]`` of the latest query position (decode, else
+        prefill)."""
+        if self.decode is not None:
+            stats = self.decode.stats
+            return None if stats is None else stats.step(-1)
+        return None if self.prefill is None else self.prefill.stats
 
     @property
     def tokens_per_s(self) -> float | None:
@@ -64,39 +67,31 @@ class View:
         return batch * 1000.0 / times[len(times) // 2]
 
 
-def _stream(e: tm.DecodeEvent | tm.DecodeChunk) -> tuple[int, int]:
-    """The token stream a decode event belongs to: (episode, sample)."""
-    return e.episode, e.sample
-
-
-def _fold_decodes(
-    view: View, last: tm.DecodeEvent, texts: Sequence[tuple[int, str]], times: Sequence[float]
-) -> View:
-    """``view`` after decode events of one stream (episode, sample), steps ascending after
-    the first (``reduce_all`` groups them so): their ``(step, text)``, step times and the
-    last one's event; one ``replace`` for all."""
-    same_stream = view.decode is not None and _stream(view.decode) == _stream(last)
+def _fold_decode(view: View, chunk: tm.DecodeChunk) -> View:
+    """``view`` after a chunk of tokens: their ``(step, text)`` (a stream of an episode and
+    sample, steps ascending: a step already seen drops it and what followed), step times,
+    and the chunk as the latest decode."""
+    same_stream = view.decode is not None and (view.decode.episode, view.decode.sample) == (
+        chunk.episode,
+        chunk.sample,
+    )
     generated = view.generated if same_stream else ()
-    first_step = texts[0][0]
-    if generated and generated[-1][0] >= first_step:  # ascending by step: drop it onwards
-        generated = tuple((s, t) for s, t in generated if s < first_step)
+    if generated and generated[-1][0] >= chunk.first:
+        generated = tuple((s, t) for s, t in generated if s < chunk.first)
+    texts = zip(range(chunk.first, chunk.first + len(chunk)), chunk.token_texts, strict=True)
     generated = (*generated, *texts)
     prefill = view.prefill
-    if prefill is not None and prefill.episode != last.episode:
+    if prefill is not None and prefill.episode != chunk.episode:
         prefill = None  # the prompt shown belongs to another episode
+    times = (chunk.elapsed_ms,) * min(len(chunk), STEP_TIMES_KEPT)
     return dataclasses.replace(
         view,
-        decode=last,
+        decode=chunk,
         prefill=prefill,
         generated=generated[-GENERATED_KEPT:],
         step_ms=(*view.step_ms, *times)[-STEP_TIMES_KEPT:],
-        decode_count=view.decode_count + len(texts),
+        decode_count=view.decode_count + len(chunk),
     )
-
-
-def _fold_run(view: View, run: list[tm.DecodeEvent]) -> View:
-    texts = [(d.step, d.token_text) for d in run]
-    return _fold_decodes(view, run[-1], texts, [d.elapsed_ms for d in run])
 
 
 def _fold_phase(view: View, e: tm.PhaseEvent) -> View:
@@ -120,11 +115,8 @@ def reduce(view: View, event: tm.Event) -> View:
             return view if view.run == event else View(run=event)
         case tm.PrefillEvent():
             return dataclasses.replace(view, prefill=event, decode=None, generated=())
-        case tm.DecodeEvent():
-            return _fold_run(view, [event])
         case tm.DecodeChunk():
-            texts = list(zip(event.steps(), event.token_texts, strict=True))
-            return _fold_decodes(view, event.last_event(), texts, [event.elapsed_ms] * len(event))
+            return _fold_decode(view, event)
         case tm.PhaseEvent():
             return _fold_phase(view, event)
         case tm.StepProfile():
@@ -141,21 +133,10 @@ def reduce(view: View, event: tm.Event) -> View:
 
 
 def reduce_all(view: View, events: Iterable[tm.Event]) -> View:
-    """``reduce`` of ``events`` in order, with each run of decode events that continue one
-    stream (same episode and sample, steps ascending) folded at once: equal to folding them
-    one by one, at a fraction of the cost (the UI receives thousands of tokens a second)."""
-    run: list[tm.DecodeEvent] = []
+    """``reduce`` of ``events`` in order."""
     for event in events:
-        decode = isinstance(event, tm.DecodeEvent)
-        if run and not (
-            decode and _stream(event) == _stream(run[-1]) and event.step > run[-1].step
-        ):
-            view, run = _fold_run(view, run), []
-        if decode:
-            run.append(event)
-        else:
-            view = reduce(view, event)
-    return _fold_run(view, run) if run else view
+        view = reduce(view, event)
+    return view
 
 
 # --- what the user chose ----------------------------------------------------------

@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from model.attention import cached_attention
-from model.decode import CHUNK, layer_modules, unstack_layers
+from model.decode.forward import CHUNK, layer_modules, unstack_layers
 from model.kv_cache import KVCache
 from model.qwen3_vl import Qwen3VL, merge, split
 from model.rope import apply_rotary

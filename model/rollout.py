@@ -24,13 +24,7 @@ import numpy as np
 import PIL.Image
 
 from model import telemetry as tm
-from model.decode import (
-    ChunkTelemetry,
-    Generation,
-    PrefillTelemetry,
-    default_capacity,
-    generate,
-)
+from model.decode import Generation, PrefillTelemetry, default_capacity, generate
 from model.profile import profile_step
 from model.qwen3_vl import Qwen3VL
 from model.sampling import SamplingParams
@@ -149,31 +143,12 @@ def sample_watched(
         )  # fmt: skip
         sink.emit(tm.PhaseEvent(phase="decode", active=True, elapsed_ms=0.0))
 
-    eos = set(processor.eos_token_ids)
-
-    def on_chunk(c: ChunkTelemetry) -> None:
-        n = int(np.argmax(c.finished[:, c.sample])) if c.finished[-1, c.sample] else len(c.finished)
-        if n == 0:
-            return  # the watched sample had stopped: its tokens are discarded
-        ids = c.token_ids[:n]
-        last = int(ids[-1])
-        sink.emit(
-            tm.DecodeChunk(
-                episode=episode, sample=c.sample, first=c.first, token_ids=ids,
-                token_texts=texts(ids), probs=c.probs[:n], top_ids=c.top_ids[:n],
-                top_probs=c.top_probs[:n], top_texts=texts(c.top_ids[:n]),
-                cache_lens=c.cache_lens[:n], cache_capacity=capacity, positions=c.positions[:n],
-                stats=c.stats.first_steps(n),
-                layer=c.layer, head=c.head, attn_rows=c.attn_rows[:n], elapsed_ms=c.elapsed_ms,
-                done=last in eos or c.first + n == max_new_tokens,
-            )
-        )  # fmt: skip
-
     sink.emit(tm.PhaseEvent(phase="prefill", active=True, elapsed_ms=0.0))
     gen = generate(
         m, ids, inputs["pixel_values"], inputs["image_grid_thw"], max_new_tokens=max_new_tokens,
-        sampling=sampling, eos_token_ids=sorted(eos), seed=seed, num_samples=num_samples,
-        capacity=capacity, control=control, on_prefill=on_prefill, on_chunk=on_chunk,
+        sampling=sampling, eos_token_ids=processor.eos_token_ids, seed=seed,
+        num_samples=num_samples, capacity=capacity, control=control, on_prefill=on_prefill,
+        on_chunk=sink.emit, token_texts=texts, episode=episode,
     )  # fmt: skip
     sink.emit(tm.PhaseEvent(phase="decode", active=False, elapsed_ms=gen.decode_seconds * 1e3))
     return gen

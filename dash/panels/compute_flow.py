@@ -42,7 +42,7 @@ class ComputeFlow(Panel):
             timings[name] = number(phase.last_ms if phase else None, "{:.1f} ms")
         timings["decode"] = number(step_ms, "{:.2f} ms/tok")
         if view.decode is not None:
-            timings["decode"] += f" ×{view.decode.step + 1}"
+            timings["decode"] += f" ×{view.decode.last_step + 1}"
         phases: Row = []
         for i, name in enumerate(tm.PhaseEvent.PHASES):
             phases += ([("border", " ─▶")] if i else []) + _phase(frame, name, timings[name])

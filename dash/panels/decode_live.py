@@ -6,6 +6,7 @@ from __future__ import annotations
 from dash import state
 from dash.panels.base import Panel, Row, bar, flash, number, waiting
 from dash.safe_text import clip, safe
+from model import telemetry as tm
 
 TOKEN_COLS = 16  # display columns for one token text in the alternatives list
 
@@ -52,12 +53,12 @@ class DecodeLive(Panel):
         else:
             lines = [
                 [
-                    ("label", f"Tok[{e.step}]: "),
-                    ("token", quoted(e.token_text, max(8, cols // 3))),
+                    ("label", f"Tok[{e.last_step}]: "),
+                    ("token", quoted(e.token_texts[-1], max(8, cols // 3))),
                     ("label", " p="),
-                    ("value", number(e.prob)),
+                    ("value", number(float(e.probs[-1]))),
                     ("label", "   id "),
-                    ("value", str(e.token_id)),
+                    ("value", str(int(e.token_ids[-1]))),
                     ("label", f"   episode {e.episode} · sample {e.sample}"),
                     ("dim", " · done" if e.done else ""),
                 ]
@@ -76,13 +77,17 @@ class DecodeLive(Panel):
         lines += self._generated(view, cols, rows - len(lines))
         return lines
 
-    def _alternatives(self, e, cols: int) -> list[Row]:
+    def _alternatives(self, e: tm.DecodeChunk, cols: int) -> list[Row]:
+        """The newest token's alternatives, when the chunk has them."""
+        if e.top_ids is None or e.top_probs is None or e.top_texts is None:
+            return []
         rows = []
         bar_cols = max(4, cols - TOKEN_COLS - 26)
+        chosen_id = int(e.token_ids[-1])
         for rank, (tid, p, text) in enumerate(
-            zip(e.top_ids, e.top_probs, e.top_texts, strict=False)
+            zip(e.top_ids[-1], e.top_probs[-1], e.top_texts[-1], strict=False)
         ):
-            chosen = int(tid) == e.token_id
+            chosen = int(tid) == chosen_id
             rows.append(
                 [
                     ("value" if chosen else "label", f" {rank + 1}. "),

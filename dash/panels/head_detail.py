@@ -158,9 +158,10 @@ class HeadDetail(Panel):
     def body(self, frame: state.Frame, cols: int, rows: int) -> list[Row]:
         view, ui = frame.view, frame.ui
         e = view.decode
-        if e is None or np.size(e.attn_row) == 0:
+        row = None if e is None else e.attn_row()
+        if row is None or row.size == 0:
             return waiting("waiting for the first decode step's attention row…")
-        row = np.asarray(e.attn_row, dtype=np.float64)
+        row = row.astype(np.float64)
         lines: list[Row] = []
         if (e.layer, e.head) != (ui.layer, ui.head):
             why = (

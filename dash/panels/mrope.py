@@ -23,11 +23,11 @@ class MRope(Panel):
     def body(self, frame: state.Frame, cols: int, rows: int) -> list[Row]:
         view = frame.view
         lines: list[Row] = []
-        if view.decode is not None and view.decode.position is not None:
-            t, h, w = view.decode.position
+        if view.decode is not None and view.decode.positions is not None:
+            t, h, w = (int(p) for p in view.decode.positions[-1])
             lines.append(
                 [
-                    ("label", f"current token Tok[{view.decode.step}]: (t, h, w) = "),
+                    ("label", f"current token Tok[{view.decode.last_step}]: (t, h, w) = "),
                     ("value", f"({t}, {h}, {w})"),
                 ]
             )

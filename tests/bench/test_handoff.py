@@ -5,27 +5,30 @@ from model import telemetry as tm
 from tests.dash import events as ev
 
 
-def _decode_event() -> tm.DecodeEvent:
-    grid = np.zeros((4, 4), np.float32)
-    stats = tm.HeadStats(grid, grid, grid, grid, np.zeros((4, 4), np.int32))
-    return tm.DecodeEvent(
-        episode=0, sample=0, step=3, token_id=7, token_text="x", prob=0.5,
-        top_ids=np.zeros(5, np.int32), top_probs=np.zeros(5, np.float32), top_texts=("x",) * 5,
-        cache_len=90, cache_capacity=128, position=(1, 1, 1), stats=stats, layer=0, head=0,
-        attn_row=np.zeros(90, np.float32), elapsed_ms=1.0, done=False,
+def _decode_event() -> tm.DecodeChunk:
+    grid = np.zeros((1, 4, 4), np.float32)
+    stats = tm.HeadStats(grid, grid, grid, grid, np.zeros((1, 4, 4), np.int32))
+    return tm.DecodeChunk(
+        first=3, token_ids=np.array([7], np.int32), token_texts=("x",),
+        probs=np.array([0.5], np.float32), top_ids=np.zeros((1, 5), np.int32),
+        top_probs=np.zeros((1, 5), np.float32), top_texts=(("x",) * 5,),
+        cache_lens=np.array([90], np.int32), cache_capacity=128,
+        positions=np.ones((1, 3), np.int32), stats=stats, attn_rows=np.zeros((1, 90), np.float32),
+        elapsed_ms=1.0,
     )  # fmt: skip
 
 
 def test_event_bytes_counts_every_array_of_the_event():
-    # 5 [4, 4] stats grids of 4-byte values, top-5 ids and probabilities, a 90-slot row
-    assert event_bytes(_decode_event()) == 5 * 16 * 4 + 5 * 4 + 5 * 4 + 90 * 4
+    # 5 [4, 4] stats grids of 4-byte values, top-5 ids and probabilities, a 90-slot row, the
+    # token's id, probability, cache length and position
+    assert event_bytes(_decode_event()) == 5 * 16 * 4 + 5 * 4 + 5 * 4 + 90 * 4 + 4 * (3 + 3)
 
 
 def test_copy_event_has_fresh_arrays_and_the_new_step():
     event = _decode_event()
     copy = copy_event(event, 11)
-    assert copy.step == 11 and event.step == 3
-    assert not np.shares_memory(copy.attn_row, event.attn_row)
+    assert copy.first == 11 and event.first == 3
+    assert not np.shares_memory(copy.attn_rows, event.attn_rows)
     assert not np.shares_memory(copy.stats.entropy, event.stats.entropy)
     assert event_bytes(copy) == event_bytes(event)
 

@@ -7,6 +7,8 @@ Values are deterministic functions of their indices so tests can assert them.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from model import telemetry as tm
@@ -99,69 +101,68 @@ def prefill(episode: int = 0, sample: int = 0, tokens=PROMPT, with_image: bool =
 
 
 def decode(step: int, text: str = "blue", episode: int = 0, sample: int = 0, layer=0, head=0):
-    """The ``step``-th new token after ``prefill()``; its attention row puts half its mass
-    on the image token at merged cell (1, 2) and the rest evenly on text tokens."""
+    """A chunk of one token, the ``step``-th new token after ``prefill()``; its attention
+    row puts half its mass on the image token at merged cell (1, 2) and the rest evenly
+    on text tokens."""
     cache_len = len(PROMPT) + step + 1
     row = np.zeros(cache_len, np.float32)
     text_positions = [i for i in range(cache_len) if not IMAGE_SPAN[0] <= i < IMAGE_SPAN[1]]
     row[text_positions] = 0.5 / len(text_positions)
     row[IMAGE_SPAN[0] + 1 * 4 + 2] = 0.5
-    return tm.DecodeEvent(
+    one = stats(seed=step)
+    return tm.DecodeChunk(
         episode=episode,
         sample=sample,
-        step=step,
-        token_id=100 + step,
-        token_text=text,
-        prob=0.875,
-        top_ids=np.array([100 + step, 7, 8, 9, 10], np.int32),
-        top_probs=np.array([0.875, 0.05, 0.03, 0.02, 0.01], np.float32),
-        top_texts=(text, "red", "green", "a", "the"),
-        cache_len=cache_len,
+        first=step,
+        token_ids=np.array([100 + step], np.int32),
+        token_texts=(text,),
+        probs=np.array([0.875], np.float32),
+        top_ids=np.array([[100 + step, 7, 8, 9, 10]], np.int32),
+        top_probs=np.array([[0.875, 0.05, 0.03, 0.02, 0.01]], np.float32),
+        top_texts=((text, "red", "green", "a", "the"),),
+        cache_lens=np.array([cache_len], np.int32),
         cache_capacity=CAPACITY,
-        position=(30 + step, 30 + step, 30 + step),
-        stats=stats(seed=step),
+        positions=np.array([[30 + step] * 3], np.int32),
+        stats=tm.HeadStats(*(getattr(one, f)[None] for f in STATS_FIELDS)),
         layer=layer,
         head=head,
-        attn_row=row,
+        attn_rows=row[None],
         elapsed_ms=4.0,
         done=False,
     )
 
 
-def chunk(events: list[tm.DecodeEvent]) -> tm.DecodeChunk:
-    """The ``DecodeChunk`` of consecutive decode ``events`` of one stream (same episode,
-    sample, selection and step time; only the last may be done)."""
-    e, last = events[0], events[-1]
-    rows = np.zeros((len(events), max(d.cache_len for d in events)), np.float32)
-    for row, d in zip(rows, events, strict=True):
-        row[: d.cache_len] = d.attn_row
+def chunk(tokens: list[tm.DecodeChunk]) -> tm.DecodeChunk:
+    """The one ``DecodeChunk`` of consecutive chunks of one stream (same episode, sample,
+    selection and step time; only the last may be done)."""
+    e, last = tokens[0], tokens[-1]
+    width = max(t.attn_rows.shape[1] for t in tokens)
+    rows = np.zeros((sum(map(len, tokens)), width), np.float32)
+    for i, row in enumerate(r for t in tokens for r in t.attn_rows):
+        rows[i, : len(row)] = row
 
     def stacked(name):
-        return np.stack([getattr(d, name) for d in events])
+        return np.concatenate([getattr(t, name) for t in tokens])
 
-    return tm.DecodeChunk(
-        episode=e.episode,
-        sample=e.sample,
-        first=e.step,
-        token_ids=np.array([d.token_id for d in events], np.int32),
-        token_texts=tuple(d.token_text for d in events),
-        probs=np.array([d.prob for d in events], np.float32),
+    return dataclasses.replace(
+        e,
+        token_ids=stacked("token_ids"),
+        token_texts=sum((t.token_texts for t in tokens), ()),
+        probs=stacked("probs"),
         top_ids=stacked("top_ids"),
         top_probs=stacked("top_probs"),
-        top_texts=sum((d.top_texts for d in events), ()),
-        cache_lens=np.array([d.cache_len for d in events], np.int32),
-        cache_capacity=e.cache_capacity,
-        positions=np.array([d.position for d in events], np.int32),
+        top_texts=sum((t.top_texts for t in tokens), ()),
+        cache_lens=stacked("cache_lens"),
+        positions=stacked("positions"),
         stats=tm.HeadStats(
-            *(np.stack([getattr(d.stats, f) for d in events]) for f in tm.HeadStats.METRICS),
-            argmax=np.stack([d.stats.argmax for d in events]),
+            *(np.concatenate([getattr(t.stats, f) for t in tokens]) for f in STATS_FIELDS)
         ),
-        layer=e.layer,
-        head=e.head,
         attn_rows=rows,
-        elapsed_ms=e.elapsed_ms,
         done=last.done,
     )
+
+
+STATS_FIELDS = (*tm.HeadStats.METRICS, "argmax")
 
 
 def train(step: int = 3, reward_mean: float = 0.625) -> tm.TrainEvent:
@@ -199,8 +200,11 @@ def profile() -> tm.StepProfile:
 
 def episode_events(steps: int = 3) -> list:
     """A run up to ``steps`` decoded tokens, in the order a rollout emits them."""
-    events = [run_info(), tm.PhaseEvent("prefill", True, 0.0), prefill()]
-    events += [tm.PhaseEvent("prefill", False, 42.0), tm.PhaseEvent("decode", True, 0.0)]
+    events = [run_info(), tm.PhaseEvent(phase="prefill", active=True), prefill()]
+    events += [
+        tm.PhaseEvent(phase="prefill", active=False, elapsed_ms=42.0),
+        tm.PhaseEvent(phase="decode", active=True),
+    ]
     events += [decode(i, text=f"t{i}") for i in range(steps)]
     return events
 
@@ -230,3 +234,9 @@ def attr_of(runs, text):
             if text in chunk:
                 return attr
     raise AssertionError(f"{text!r} not rendered")
+
+
+def record(event) -> dict:
+    """The one record of ``event`` (a decode chunk of one token, or any other event)."""
+    (one,) = tm.records(event)
+    return one

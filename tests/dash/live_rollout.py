@@ -27,7 +27,7 @@ def rollout(rate: float = 50.0, fail_after: int | None = None, stuck: bool = Fal
         sink.emit(ev.run_info())
         while stuck:
             time.sleep(0.05)
-        sink.emit(tm.PhaseEvent("prefill", True, 0.0))
+        sink.emit(tm.PhaseEvent("prefill", True))
         sink.emit(ev.prefill())
         sink.emit(tm.PhaseEvent("prefill", False, 42.0))
         sink.emit(tm.PhaseEvent("decode", True, 0.0))
@@ -37,7 +37,7 @@ def rollout(rate: float = 50.0, fail_after: int | None = None, stuck: bool = Fal
                 raise RuntimeError(f"test rollout failed at step {step}")
             sample, layer, head = control.selection
             event = ev.decode(step % 200, f"w{step}", sample=sample, layer=layer, head=head)
-            sink.emit(dataclasses.replace(event, step=step))
+            sink.emit(dataclasses.replace(event, first=step))
             step += 1
             time.sleep(1.0 / rate)
 
@@ -63,12 +63,12 @@ def facade(seconds: float) -> int:
             _, layer, head = tui.control.selection
             tui.update_decode(
                 step=step,
-                token_id=e.token_id,
-                token_text=e.token_text,
-                prob=e.prob,
+                token_id=e.token_ids[0],
+                token_text=e.token_texts[0],
+                prob=e.probs[0],
                 cache_len=e.cache_len,
-                stats=e.stats,
-                attn_row=e.attn_row,
+                stats=e.stats.step(0),
+                attn_row=e.attn_row(0),
                 layer=layer,
                 head=head,
             )

@@ -6,7 +6,6 @@ from pathlib import Path
 import pytest
 
 from dash import cli
-from model import telemetry as tm
 from tests.dash import events as ev
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -27,7 +26,7 @@ def dash(*args, stdin=subprocess.DEVNULL):
 def recording(tmp_path):
     path = tmp_path / "run.jsonl"
     events = [*ev.episode_events(steps=3), ev.train(), ev.credit()]
-    path.write_text("".join(json.dumps(tm.to_record(e)) + "\n" for e in events))
+    path.write_text("".join(json.dumps(ev.record(e)) + "\n" for e in events))
     return path
 
 
@@ -77,7 +76,7 @@ def test_model_and_image_paths_are_checked_before_loading(tmp_path, capsys):
 
 def test_malformed_replay_line_is_named(tmp_path, capsys):
     path = tmp_path / "bad.jsonl"
-    path.write_text(json.dumps(tm.to_record(ev.run_info())) + "\n{oops\n")
+    path.write_text(json.dumps(ev.record(ev.run_info())) + "\n{oops\n")
     assert cli.main(["--replay", str(path), "--snapshot"]) == 2
     assert "line 2: not JSON" in capsys.readouterr().err
 

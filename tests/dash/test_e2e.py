@@ -15,7 +15,6 @@ import pexpect
 import pyte
 import pytest
 
-from model import telemetry as tm
 from tests.dash import events as ev
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -204,7 +203,7 @@ def test_second_ctrl_c_forces_exit_from_a_stuck_rollout():
 def recording(tmp_path):
     path = tmp_path / "run.jsonl"
     lines = [
-        json.dumps({**tm.to_record(e), "t": 0.01 * i})
+        json.dumps({**ev.record(e), "t": 0.01 * i})
         for i, e in enumerate(
             [*ev.episode_events(steps=0), *(ev.decode(i, f"r{i}") for i in range(400))]
         )

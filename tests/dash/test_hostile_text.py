@@ -30,9 +30,9 @@ def _hostile_events(t: list[str]):
     prefill = dataclasses.replace(ev.prefill(tokens=prompt), images=(img,))
     decode = dataclasses.replace(
         ev.decode(0, t[14]),
-        top_texts=tuple(t[15:20]),
-        cache_len=len(prompt) + 1,
-        attn_row=np.full(len(prompt) + 1, 1.0 / (len(prompt) + 1), np.float32),
+        top_texts=(tuple(t[15:20]),),
+        cache_lens=np.array([len(prompt) + 1], np.int32),
+        attn_rows=np.full((1, len(prompt) + 1), 1.0 / (len(prompt) + 1), np.float32),
     )
     credit = dataclasses.replace(ev.credit(), tokens=tuple(t[20:24]))
     error = tm.ErrorEvent(t[24], t[25] + "\n" + t[26])

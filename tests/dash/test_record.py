@@ -32,10 +32,10 @@ def test_recorder_writes_every_event_with_time_and_passes_it_on(tmp_path):
     assert inner.events == events
     loaded = record.load(path)
     assert len(loaded.events) == len(events) and loaded.skipped == 0
-    np.testing.assert_array_equal(loaded.events[-1][1].attn_row, events[-1].attn_row)
+    np.testing.assert_array_equal(loaded.events[-1][1].attn_row(), events[-1].attn_row())
 
 
-def test_recorder_writes_a_decode_chunk_as_its_decode_events(tmp_path):
+def test_recorder_writes_a_decode_chunk_as_one_record_per_token(tmp_path):
     path = tmp_path / "out.jsonl"
     inner = ListSink()
     rec = record.Recorder(path, inner)
@@ -44,13 +44,17 @@ def test_recorder_writes_a_decode_chunk_as_its_decode_events(tmp_path):
     rec.emit(chunk)
     rec.close()
     assert inner.events == [chunk]  # passed on as it came
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [line["step"] for line in lines] == [0, 1, 2] and {line["type"] for line in lines} == {
+        "decode"
+    }
     loaded = [e for _, e in record.load(path).events]
-    assert [tm.to_record(e) for e in loaded] == [tm.to_record(e) for e in tokens]
+    assert [ev.record(e) for e in loaded] == [ev.record(e) for e in tokens]
 
 
 def test_load_names_the_bad_line(tmp_path):
     path = tmp_path / "bad.jsonl"
-    good = json.dumps(tm.to_record(ev.run_info()))
+    good = json.dumps(ev.record(ev.run_info()))
     path.write_text(f"{good}\n\n{good}\n{{not json\n")
     with pytest.raises(record.ReplayError, match=r"line 4: not JSON"):
         record.load(path)
@@ -66,7 +70,7 @@ def test_load_names_the_bad_line(tmp_path):
 
 def test_unknown_types_are_skipped_and_counted(tmp_path):
     path = tmp_path / "x.jsonl"
-    good = json.dumps(tm.to_record(ev.run_info()))
+    good = json.dumps(ev.record(ev.run_info()))
     path.write_text(f'{good}\n{{"type": "telepathy"}}\n{{"type": "hologram", "x": 1}}\n')
     loaded = record.load(path)
     assert loaded.skipped == 2 and len(loaded.events) == 1
@@ -90,10 +94,10 @@ def test_replay_honours_time_speed_pause_and_stop():
     thread = threading.Thread(target=record.replay_rollout(rec, speed=100.0), args=(sink, control))
     thread.start()
     time.sleep(0.2)
-    assert not any(isinstance(e, tm.DecodeEvent) for e in sink.events)  # waits at the gate
+    assert not any(isinstance(e, tm.DecodeChunk) for e in sink.events)  # waits at the gate
     control.step_once()
     time.sleep(0.2)
-    assert sum(isinstance(e, tm.DecodeEvent) for e in sink.events) == 1
+    assert sum(isinstance(e, tm.DecodeChunk) for e in sink.events) == 1
     control.stop()
     thread.join(2)
     assert not thread.is_alive()

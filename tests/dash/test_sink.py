@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 
 from dash import state
 from dash.sink import EventSink
@@ -23,9 +24,11 @@ def test_conveniences_build_contract_events_and_measure_step_time():
         )
     sink.train(step=1, reward_mean=0.5, kl=0.01)
     sink.credit(["a", "b"], [0.3, -0.1], step=1)
-    decodes = [e for e in target.events if isinstance(e, tm.DecodeEvent)]
+    decodes = [e for e in target.events if isinstance(e, tm.DecodeChunk)]
+    assert [len(d) for d in decodes] == [1, 1, 1]
     assert decodes[0].elapsed_ms is None and decodes[1].elapsed_ms >= 0
-    assert decodes[0].top_ids.dtype == np.int32 and decodes[0].stats.max_weight.size == 0
+    assert decodes[0].top_ids.dtype == np.int32 and decodes[0].top_ids.shape == (1, 2)
+    assert decodes[0].stats is None and decodes[0].top_texts == (("a", "b"),)
     train = target.events[3]
     assert isinstance(train, tm.TrainEvent) and train.loss is None and train.kl == 0.01
     credit = target.events[4]
@@ -34,7 +37,7 @@ def test_conveniences_build_contract_events_and_measure_step_time():
     view = state.View()
     for e in target.events:
         view = state.reduce(view, e)
-    assert view.decode.step == 2 and view.train.loss is None
+    assert view.decode.last_step == 2 and view.train.loss is None
     assert view.tokens_per_s is None or view.tokens_per_s > 0
 
 
@@ -45,5 +48,16 @@ def test_round_trip_of_convenience_events_through_json():
     EventSink(target).decode(
         step=0, token_id=1, token_text="x", prob=1.0, cache_len=1, cache_capacity=4
     )
-    back = tm.from_record(json.loads(json.dumps(tm.to_record(target.events[0]))))
-    assert back.position is None and back.attn_row.size == 0
+    (record,) = tm.records(target.events[0])
+    back = tm.from_record(json.loads(json.dumps(record)))
+    assert back.positions is None and back.attn_row() is None and back.stats is None
+
+
+def test_conveniences_name_a_wrong_keyword_and_a_wrong_type():
+    sink = EventSink(ListSink())
+    with pytest.raises(TypeError, match="unknown field.*token_idz"):
+        sink.decode(step=0, token_idz=1, token_text="x", prob=1.0, cache_len=1, cache_capacity=4)
+    with pytest.raises(tm.RecordError, match="prob"):
+        sink.decode(step=0, token_id=1, token_text="x", prob="high", cache_len=1, cache_capacity=4)
+    with pytest.raises(tm.RecordError, match="missing field.*reward_mean"):
+        sink.train(step=1)

@@ -2,6 +2,7 @@ import dataclasses
 import functools
 import itertools
 
+import numpy as np
 import pytest
 
 from dash import state
@@ -17,7 +18,7 @@ def test_episode_fills_prompt_tokens_and_throughput():
     view = fold(ev.episode_events(steps=3))
     assert view.run.num_layers == ev.LAYERS
     assert view.prefill.tokens == ev.PROMPT
-    assert view.decode.step == 2
+    assert view.decode.last_step == 2
     assert view.generated == ((0, "t0"), (1, "t1"), (2, "t2"))
     assert view.decode_count == 3
     assert view.active_phase == "decode"
@@ -31,7 +32,7 @@ def test_reduce_does_not_change_its_input():
     snapshot = dataclasses.replace(before)
     after = state.reduce(before, ev.decode(1, "x"))
     assert before == snapshot
-    assert after.decode.step == 1 and before.decode.step == 0
+    assert after.decode.last_step == 1 and before.decode.last_step == 0
 
 
 def test_new_prefill_phase_clears_the_episode():
@@ -72,8 +73,9 @@ def test_train_credit_error_and_run_reset():
 def test_stats_come_from_decode_else_prefill():
     view = fold(ev.episode_events(steps=0))
     assert view.stats is view.prefill.stats
-    view = state.reduce(view, ev.decode(0))
-    assert view.stats is view.decode.stats
+    view = state.reduce(view, ev.chunk([ev.decode(0), ev.decode(1)]))
+    np.testing.assert_array_equal(view.stats.argmax, view.decode.stats.argmax[-1])  # newest
+    np.testing.assert_array_equal(view.stats.max_weight, ev.decode(1).stats.max_weight[0])
 
 
 def test_navigation_clamps_and_keeps_selected_layer_in_window():
@@ -156,7 +158,7 @@ def test_reduce_all_equals_folding_one_event_at_a_time():
         one_by_one = fold(events[cut:end], view)
         for field in dataclasses.fields(state.View):
             got, want = getattr(batched, field.name), getattr(one_by_one, field.name)
-            if isinstance(want, tm.DecodeEvent | tm.PrefillEvent | tm.RunInfo | tm.TrainEvent):
+            if isinstance(want, tm.DecodeChunk | tm.PrefillEvent | tm.RunInfo | tm.TrainEvent):
                 assert got is want, field.name
             else:
                 assert got == want, field.name
@@ -166,7 +168,7 @@ def test_reduce_all_equals_folding_one_event_at_a_time():
     assert len(first_stream.generated) == state.GENERATED_KEPT - 8  # 290..299 dropped
 
 
-def test_a_decode_chunk_folds_as_its_decode_events():
+def test_a_decode_chunk_folds_as_its_tokens_one_by_one():
     """Folding a chunk, alone or between decode events in one batch, gives the view that
     folding its tokens one by one gives: after the same stream, a gap, a step seen before,
     another episode."""
@@ -187,6 +189,6 @@ def test_a_decode_chunk_folds_as_its_decode_events():
         view = fold(before)
         want = fold(tokens, view)
         for got in (state.reduce_all(view, batch), fold(batch, view)):
-            assert tm.to_record(got.decode) == tm.to_record(want.decode)
+            assert tm.records(got.decode)[-1] == tm.records(want.decode)[-1]
             assert dataclasses.replace(got, decode=None) == dataclasses.replace(want, decode=None)
     assert want.generated[-5:] == tuple((s, f"t{s}") for s in range(2, 7))

@@ -1,7 +1,14 @@
 """A test sink that keeps every event a rollout emits: ``sent`` as sent, ``events`` with
-each ``DecodeChunk`` replaced by its ``DecodeEvent``s (``on_event`` sees those)."""
+each ``DecodeChunk`` replaced by one ``Token`` per token (``on_event`` sees those)."""
+
+import types
 
 from model import telemetry as tm
+
+
+def tokens(chunk: tm.DecodeChunk) -> list[types.SimpleNamespace]:
+    """Each token of ``chunk`` as the fields of its ``decode`` record (numpy values)."""
+    return [types.SimpleNamespace(kind="decode", **r) for r in chunk.token_records()]
 
 
 class Recorder:
@@ -10,10 +17,13 @@ class Recorder:
 
     def emit(self, event):
         self.sent.append(event)
-        for e in tm.per_token([event]):
+        for e in tokens(event) if isinstance(event, tm.DecodeChunk) else [event]:
             self.events.append(e)
             if self.on_event:
                 self.on_event(e)
 
     def of(self, cls):
         return [e for e in self.events if isinstance(e, cls)]
+
+    def tokens(self):
+        return [e for e in self.events if getattr(e, "kind", None) == "decode"]

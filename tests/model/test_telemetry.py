@@ -1,6 +1,8 @@
 import dataclasses
 import json
+import re
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,41 +11,83 @@ from model import telemetry as tm
 from tests.dash import events as ev
 
 
-def _stats(layers=2, heads=4):
-    rng = np.random.default_rng(0)
-    f = lambda: rng.random((layers, heads), dtype=np.float32)  # noqa: E731
-    return tm.HeadStats(f(), f(), f(), f(), rng.integers(0, 9, (layers, heads), dtype=np.int32))
+def _round_trip(record: dict):
+    return tm.from_record(json.loads(json.dumps(record)))
 
 
-def test_decode_event_round_trips_through_json():
-    ev = tm.DecodeEvent(
-        episode=1, sample=0, step=3, token_id=7, token_text="\x1b[31mred", prob=0.5,
-        top_ids=np.array([7, 8], np.int32), top_probs=np.array([0.5, 0.2], np.float32),
-        top_texts=("a", "b"), cache_len=12, cache_capacity=64, position=(10, 10, 10),
-        stats=_stats(), layer=1, head=2, attn_row=np.linspace(0, 1, 12, dtype=np.float32),
-        elapsed_ms=1.5, done=False,
-    )  # fmt: skip
-    back = tm.from_record(json.loads(json.dumps(tm.to_record(ev))))
-    assert isinstance(back, tm.DecodeEvent)
-    assert back.token_text == ev.token_text
-    assert back.position == (10, 10, 10)
-    np.testing.assert_array_equal(back.attn_row, ev.attn_row)
-    np.testing.assert_array_equal(back.stats.argmax, ev.stats.argmax)
-    assert back.stats.argmax.dtype == np.int32
+def test_a_chunk_is_written_as_one_decode_record_per_token_and_read_back():
+    tokens = [dataclasses.replace(ev.decode(s, f"t{s}"), done=s == 4) for s in range(2, 5)]
+    tokens[0] = dataclasses.replace(tokens[0], token_texts=("\x1b[31mred",))
+    chunk = ev.chunk(tokens)
+    records = tm.records(chunk)
+    assert [r["type"] for r in records] == ["decode"] * 3
+    assert [r["step"] for r in records] == [2, 3, 4]
+    assert [r["done"] for r in records] == [False, False, True]
+    assert [len(r["attn_row"]) for r in records] == [r["cache_len"] for r in records]
+    assert tuple(records[0]) == ("type", *tm.record_fields("decode"))
+    back = [_round_trip(r) for r in records]
+    for got, want in zip(back, tokens, strict=True):
+        assert isinstance(got, tm.DecodeChunk) and len(got) == 1
+        assert got.token_texts == want.token_texts and got.first == want.first
+        assert got.top_texts == want.top_texts and got.done == want.done
+        np.testing.assert_array_equal(got.positions, want.positions)
+        np.testing.assert_array_equal(got.attn_row(), want.attn_row())
+        np.testing.assert_array_equal(got.stats.argmax, want.stats.argmax)
+        assert got.stats.argmax.dtype == np.int32 and got.stats.argmax.shape == (1, 8, 8)
+        assert tm.records(got) == tm.records(want)
+
+
+def test_first_tokens_of_a_chunk():
+    chunk = ev.chunk([dataclasses.replace(ev.decode(s), done=s == 3) for s in range(4)])
+    two = chunk.first_tokens(2)
+    assert len(two) == 2 and not two.done and two.last_step == 1
+    assert two.stats.max_weight.shape[0] == 2 and two.top_texts == chunk.top_texts[:2]
+    assert chunk.first_tokens(9) is chunk
 
 
 def test_prefill_event_with_image_round_trips():
-    img = tm.ImageInfo(span=(3, 19), grid_thw=(1, 8, 8), merge_size=2,
-                       pixels=np.zeros((4, 4, 3), np.uint8))  # fmt: skip
-    ev = tm.PrefillEvent(
-        episode=0, sample=0, tokens=("a", "b"), token_ids=np.array([1, 2], np.int32),
-        positions=np.zeros((3, 2), np.int32), images=(img,), vision_norm=1.0, text_norm=2.0,
-        stats=_stats(), layer=0, head=0, attn_map=np.eye(2, dtype=np.float32), cache_len=2,
-        cache_capacity=8, elapsed_ms=3.0,
-    )  # fmt: skip
-    back = tm.from_record(json.loads(json.dumps(tm.to_record(ev))))
+    img = tm.ImageInfo(
+        span=(3, 19), grid_thw=(1, 8, 8), merge_size=2, pixels=np.zeros((4, 4, 3), np.uint8)
+    )
+    event = dataclasses.replace(ev.prefill(), images=(img,))
+    (record,) = tm.records(event)
+    back = _round_trip(record)
     assert back.images[0].span == (3, 19)
     assert back.images[0].pixels.dtype == np.uint8
+    assert back.stats.max_weight.shape == (ev.LAYERS, ev.HEADS)
+
+
+def test_optional_fields_default_to_none_and_required_ones_are_named():
+    train = tm.from_record({"type": "train", "step": 1, "reward_mean": 0.5})
+    assert train.kl is None and train.rewards is None
+    with pytest.raises(tm.RecordError, match="missing field.*reward_mean"):
+        tm.from_record({"type": "train", "step": 1})
+    token = tm.from_record(
+        {"type": "decode", "step": 0, "token_id": 1, "token_text": "a", "prob": 1.0,
+         "cache_len": 1, "cache_capacity": 4}
+    )  # fmt: skip
+    assert token.stats is None and token.attn_rows is None and token.elapsed_ms is None
+    with pytest.raises(tm.RecordError, match="decode: missing field.*token_id"):
+        tm.from_record({"type": "decode", "step": 0})
+
+
+def test_values_of_the_wrong_type_or_shape_are_refused():
+    (record,) = tm.records(ev.decode(0))
+    bad = [
+        {"prob": "high"},
+        {"step": 1.5},
+        {"done": 1},
+        {"position": [1, 2]},
+        {"attn_row": [[0.5]]},
+        {"top_texts": "abc"},
+        {"stats": {**record["stats"], "argmax": [1, 2]}},
+        {"token_id": None},
+    ]
+    for change in bad:
+        with pytest.raises(tm.RecordError):
+            _round_trip({**record, **change})
+    with pytest.raises(tm.RecordError, match="sampling"):
+        tm.from_record({**tm.records(ev.run_info())[0], "sampling": {"t": "hot"}})
 
 
 def test_unknown_type_and_missing_field():
@@ -53,6 +97,8 @@ def test_unknown_type_and_missing_field():
         tm.from_record({"type": "phase", "phase": "decode"})
     with pytest.raises(tm.RecordError):
         tm.from_record(["not", "a", "dict"])
+    with pytest.raises(tm.UnknownEventType):
+        tm.from_record({"type": ["decode"]})
 
 
 def test_control_pause_step_stop():
@@ -71,15 +117,35 @@ def test_control_pause_step_stop():
     assert c.gate() is False
 
 
-def test_decode_chunk_holds_its_decode_events():
-    """A chunk's tokens stacked (rows of different lengths, the last token done) come back
-    as the very events, field by field; ``per_token`` expands chunks in place."""
-    events = [dataclasses.replace(ev.decode(s, f"t{s}"), done=s == 4) for s in range(2, 5)]
-    chunk = ev.chunk(events)
-    assert len(chunk) == 3 and list(chunk.steps()) == [2, 3, 4]
-    assert [tm.to_record(e) for e in chunk.events()] == [tm.to_record(e) for e in events]
-    assert tm.to_record(chunk.last_event()) == tm.to_record(events[-1])
-    run = ev.run_info()
-    expanded = tm.per_token([run, chunk, events[0]])
-    assert expanded[0] is run and expanded[-1] is events[0]
-    assert [e.step for e in expanded[1:-1]] == [2, 3, 4]
+def _readme_event_table() -> dict[str, dict[str, bool]]:
+    """The README's event table: row name -> {field: optional}."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme.split("### Event format (JSON Lines)")[1].split("\n### ")[0]
+    rows = {}
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) != 2 or cells[0] in ("`type`", "---"):
+            continue
+        cell = re.sub(r"\([^()]*\)", "", cells[1])  # explanations, e.g. the allowed values
+        names = list(re.finditer(r"`(\w+)`", cell))
+        ends = [m.start() for m in names[1:]] + [len(cell)]
+        rows[cells[0].strip("`")] = {
+            m[1]: "?" in cell[m.end() : e] for m, e in zip(names, ends, strict=True)
+        }
+    return rows
+
+
+def test_readme_event_table_is_the_dataclasses():
+    def fields(cls, names):
+        return {
+            name: not tm._required(f)
+            for name, f in zip(names, dataclasses.fields(cls), strict=True)
+        }
+
+    want = {kind: fields(cls, tm.record_fields(kind)) for kind, cls in tm.EVENT_TYPES.items()}
+    for name, cls in (("image", tm.ImageInfo), ("stats", tm.HeadStats)):
+        want[name] = fields(cls, [f.name for f in dataclasses.fields(cls)])
+    table = _readme_event_table()
+    assert table.keys() == want.keys()
+    for kind in want:
+        assert table[kind] == want[kind], kind

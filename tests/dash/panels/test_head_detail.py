@@ -60,7 +60,7 @@ def test_waiting_before_a_decode_step():
 def test_image_grid_and_pool():
     import numpy as np
 
-    row = ev.decode(0).attn_row
+    row = ev.decode(0).attn_row()
     grid = image_grid(row, ev.image())
     assert grid.shape == (4, 4) and grid[1, 2] == 0.5
     np.testing.assert_allclose(pool(grid, 2), [[0, 0.5], [0, 0]], atol=1e-7)

@@ -3,7 +3,6 @@ weights, no recompilation when the watched selection, the sampling parameters or
 length change, and the control's pause, single step and stop."""
 
 import functools
-import types
 
 import jax
 import jax.numpy as jnp
@@ -13,25 +12,17 @@ import pytest
 from model import attention_kernel
 from model.attention import QUERY_BLOCK
 from model.config import Qwen3VLConfig, TextConfig, VisionConfig
-from model.decode import (
-    CHUNK,
-    MAP_SIZE,
-    PROMPT_BUCKET,
-    _decode,
-    _pad_prompt,
-    _prefill,
-    _summarize_later,
-    default_capacity,
-    generate,
-    prefill_forward,
-    step_forward,
-    unstack_layers,
-)
+from model.decode import CHUNK, MAP_SIZE, PROMPT_BUCKET, default_capacity, generate
+from model.decode.forward import prefill_forward, step_forward, unstack_layers
+from model.decode.generate import pad_prompt
+from model.decode.programs import decode_chunk, prefill
+from model.decode.summaries import summarize_later
 from model.kv_cache import KVCache
 from model.qwen3_vl import encode, init_random, merge, prepare_prompt, split
 from model.sampling import SamplingParams
 from model.telemetry import HeadStats, RolloutControl
 from tests.model.pooling import block_max
+from tests.model.recording import tokens
 
 CAPACITY = 128
 
@@ -90,7 +81,7 @@ def test_cached_decode_equals_full_forward(tiny_model, reference, with_image):
 
     graph, weights = split(m)
     prompt = prepare_prompt(m.config, ids, pixels, grid)
-    prompt = _pad_prompt(prompt, -(-length // PROMPT_BUCKET) * PROMPT_BUCKET)
+    prompt = pad_prompt(prompt, -(-length // PROMPT_BUCKET) * PROMPT_BUCKET)
     embeds, deepstack, _ = encode(graph, weights, prompt)
     cache = KVCache.create(m.config.text, 1, CAPACITY, m.dtype)
     layers = unstack_layers(graph, weights)
@@ -108,19 +99,15 @@ def test_cached_decode_equals_full_forward(tiny_model, reference, with_image):
 
 
 def _per_token(chunks):
-    """Each token of ``chunks`` (``ChunkTelemetry``) with its values: ``step``, ``sample``,
-    ``layer``, ``head``, ``token_id``, ``prob``, ``top_ids``, ``top_probs``, ``cache_len``,
-    ``position``, ``stats``, ``attn_row``, ``tokens``, ``finished``."""
+    """Each token of ``chunks`` (``DecodeChunk``s) as its record's fields: ``step``,
+    ``sample``, ``layer``, ``head``, ``token_id``, ``prob``, ``top_ids``, ``top_probs``,
+    ``cache_len``, ``position``, ``stats``, ``attn_row``, ...."""
     for c in chunks:
-        for j, stats in enumerate(c.stats.steps()):
-            cache_len = int(c.cache_lens[j])
-            yield types.SimpleNamespace(
-                step=c.first + j, sample=c.sample, layer=c.layer, head=c.head,
-                token_id=int(c.token_ids[j]), prob=float(c.probs[j]), top_ids=c.top_ids[j],
-                top_probs=c.top_probs[j], cache_len=cache_len,
-                position=tuple(c.positions[j].tolist()), stats=stats,
-                attn_row=c.attn_rows[j, :cache_len], tokens=c.tokens[j], finished=c.finished[j],
-            )  # fmt: skip
+        yield from tokens(c)
+
+
+def _texts(ids):
+    return tuple(f"<{i}>" for i in np.ravel(ids))
 
 
 def _softmax(x):
@@ -142,9 +129,9 @@ def test_telemetry_equals_full_attention_weights(
     ids, pixels, grid = _inputs(reference, with_image)
     length, n, temperature = ids.shape[1], 10, 0.8
     capacity = capacity or default_capacity(length, n)
-    assert _summarize_later(cfg, capacity) == later
+    assert summarize_later(cfg, capacity, min(CHUNK, capacity)) == later
     control = RolloutControl(layer=1, head=2, sample=1)
-    prefill, chunks = [], []
+    prefills, chunks = [], []
 
     def on_chunk(c):
         chunks.append(c)
@@ -154,7 +141,7 @@ def test_telemetry_equals_full_attention_weights(
     gen = generate(
         m, ids, pixels, grid, max_new_tokens=n, num_samples=2, seed=5,
         sampling=SamplingParams(temperature=temperature), control=control,
-        on_prefill=prefill.append, on_chunk=on_chunk, capacity=capacity,
+        on_prefill=prefills.append, on_chunk=on_chunk, token_texts=_texts, capacity=capacity,
     )  # fmt: skip
     steps = list(_per_token(chunks))
     assert [t.step for t in steps] == list(range(n))
@@ -178,7 +165,6 @@ def test_telemetry_equals_full_attention_weights(
         rows = probs[:, s, :, q, : q + 1]  # [L, H, q + 1]
         assert t.cache_len == q + 1
         assert t.token_id == gen.tokens[s, t.step]
-        np.testing.assert_array_equal(t.tokens, gen.tokens[:, t.step])
         np.testing.assert_allclose(t.stats.max_weight, rows.max(-1), atol=1e-5)
         logs = np.log(np.where(rows > 0, rows, 1.0))
         np.testing.assert_allclose(t.stats.entropy, -(rows * logs).sum(-1), atol=1e-4)
@@ -188,14 +174,14 @@ def test_telemetry_equals_full_attention_weights(
         np.testing.assert_allclose(t.stats.sink_mass, rows[..., 0], atol=1e-5)
         np.testing.assert_array_equal(t.stats.argmax, rows.argmax(-1))
         np.testing.assert_allclose(t.attn_row, rows[t.layer, t.head], atol=1e-5)
-        assert t.position == tuple(prompt.positions[:, s, q])
+        np.testing.assert_array_equal(t.position, prompt.positions[:, s, q])
         dist = _softmax(logits[s, q] / temperature)
         np.testing.assert_allclose(t.prob, dist[t.token_id], rtol=1e-4)
         np.testing.assert_array_equal(t.top_ids, np.argsort(-dist)[:5])
         np.testing.assert_allclose(t.top_probs, np.sort(dist)[::-1][:5], rtol=1e-4)
     assert {(t.sample, t.layer, t.head) for t in steps} != {(1, 1, 2)}  # the selection moved
 
-    (p,) = prefill
+    (p,) = prefills
     assert (p.sample, p.layer, p.head) == (1, 1, 2)
     np.testing.assert_array_equal(p.positions, prompt.positions[:, 1, :length])
     grid_map = probs[1, 1, 2, :length, :length]
@@ -234,15 +220,16 @@ def test_prefill_map_is_pooled_to_map_size(tiny_model):
 def test_moving_selection_or_sampling_never_recompiles(tiny_model, reference):
     ids = reference["text_ids"]
     generate(tiny_model, ids, max_new_tokens=4, num_samples=2)  # compile this shape
-    compiled = _decode._cache_size(), _prefill._cache_size()
+    compiled = decode_chunk._cache_size(), prefill._cache_size()
     control = RolloutControl()
     for i, sampling in enumerate([SamplingParams(), SamplingParams(1.0, 3, 0.5)]):
         control.select(i, 2 - i, 3 - i)
         generate(
             tiny_model, ids, max_new_tokens=6, num_samples=2, sampling=sampling, seed=i,
-            control=control, on_chunk=lambda c: control.select(*(c.first % k for k in (2, 3, 4))),
+            control=control, token_texts=_texts,
+            on_chunk=lambda c: control.select(*(c.first % k for k in (2, 3, 4))),
         )  # fmt: skip
-    assert (_decode._cache_size(), _prefill._cache_size()) == compiled
+    assert (decode_chunk._cache_size(), prefill._cache_size()) == compiled
 
 
 def test_eos_stops_a_row_and_pads_it(tiny_model, reference):
@@ -269,8 +256,9 @@ def test_stop_request_ends_generation(tiny_model, reference):
 
     n = 3 * CHUNK
     generate(
-        tiny_model, reference["text_ids"], max_new_tokens=n, control=control, on_chunk=on_chunk
-    )
+        tiny_model, reference["text_ids"], max_new_tokens=n, control=control, on_chunk=on_chunk,
+        token_texts=_texts,
+    )  # fmt: skip
     # the chunk already dispatched when step 2 arrived is the last one
     assert seen[-1] <= 2 + CHUNK and seen == list(range(len(seen)))
 
@@ -291,7 +279,9 @@ def test_paused_decode_runs_one_step_per_grant(tiny_model, reference):
         control.step_once()
 
     ids = reference["text_ids"]
-    gen = generate(tiny_model, ids, max_new_tokens=6, control=control, on_chunk=on_chunk)
+    gen = generate(
+        tiny_model, ids, max_new_tokens=6, control=control, on_chunk=on_chunk, token_texts=_texts
+    )
     assert seen == [(s, s % layers, s % 2) for s in range(6)]
     np.testing.assert_array_equal(gen.tokens, generate(tiny_model, ids, max_new_tokens=6).tokens)
 
@@ -345,8 +335,9 @@ def test_attention_kernel_decodes_as_xla_does(monkeypatch):
         chunks = []
         control = RolloutControl(layer=1, head=6)
         gen = generate(
-            m, ids, max_new_tokens=60, capacity=128, control=control, on_chunk=chunks.append
-        )
+            m, ids, max_new_tokens=60, capacity=128, control=control, on_chunk=chunks.append,
+            token_texts=_texts,
+        )  # fmt: skip
         return gen.tokens, list(_per_token(chunks))
 
     tokens, steps = run()
@@ -358,11 +349,11 @@ def test_attention_kernel_decodes_as_xla_does(monkeypatch):
 
     monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
     monkeypatch.setattr(attention_kernel, "decode_attention", interpreted)
-    _decode.clear_cache()
+    decode_chunk.clear_cache()
     try:
         kernel_tokens, kernel_steps = run()
     finally:
-        _decode.clear_cache()
+        decode_chunk.clear_cache()
     assert calls and all(calls)  # one per layer as the decode compiled, with telemetry
     np.testing.assert_array_equal(kernel_tokens, tokens)
     for a, b in zip(kernel_steps, steps, strict=True):
