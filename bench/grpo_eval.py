@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from model import telemetry as tm
 from model.checkpoint import load_pretrained
 from model.processor import Processor
 from model.rl import evaluate
@@ -84,8 +85,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"settings: {trainer.settings}")
     start = time.perf_counter()
     for step in range(args.updates):
-        examples = trainer.step_examples(train_task, step)
-        r = trainer.step(train_task, examples, seed=args.seed * 1_000_003 + step)
+        r = trainer.step(
+            train_task, step, seed=args.seed, sink=tm.NullSink(), control=tm.RolloutControl()
+        )
         if (step + 1) % 10 == 0:
             print(
                 f"update {step + 1:>3}  reward {r.metrics['reward_mean']:+.3f}  "

@@ -1,10 +1,12 @@
 """GRPO on the synthetic visual task: sample groups, reward them, update the policy.
 
-One GRPO step (``GRPOTrainer.step``):
+One GRPO step (``GRPOTrainer.step``, run by ``python -m model rl`` here and by the
+dashboard's live loop, ``model.rl.live``):
 
 1. ``prompts_per_step`` (P) train-split questions about images; for each, ``group_size``
    (G) answers sampled from the live policy by the KV-cache decoder
-   (``model.decode.generate``, temperature sampling, the vision tower run once per group);
+   (``model.decode.generate``, temperature sampling, the vision tower run once per group;
+   with a viewer, the first group with the telemetry of ``model.rollout.sample_watched``);
 2. task rewards of the answers (``model.tasks``) and advantages normalised within each group;
 3. ``updates_per_batch`` (mu) AdamW updates of the GRPO objective (``model.rl.grpo``) on all
    ``P * G`` answers, against the frozen initial policy. The behaviour log-probs are those of
@@ -28,6 +30,7 @@ sampling, prefill included), qtypes and seconds (wall time of the step).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import sys
@@ -39,10 +42,13 @@ import numpy as np
 import optax
 from flax import nnx
 
+from model import telemetry as tm
 from model.checkpoint import CheckpointError, load_pretrained
-from model.decode import Generation, generate
+from model.decode import Generation, default_capacity, generate
 from model.processor import Processor, ProcessorError
+from model.profile import profile_step
 from model.rl import grpo, policy
+from model.rollout import sample_watched
 from model.sampling import SamplingParams
 from model.tasks import Example, Task
 
@@ -70,6 +76,17 @@ class GRPOSettings:
 
 
 DEFAULT_SETTINGS = GRPOSettings()
+
+# the metrics of a step: TrainEvent's fields and the headless JSON output's
+METRIC_KEYS = (
+    "reward_mean", "reward_std", "kl", "loss", "clip_frac", "entropy", "grad_norm", "tokens_per_s",
+)  # fmt: skip
+
+
+def sample_seed(seed: int, step: int, index: int, prompts_per_step: int) -> int:
+    """The sampling seed of question ``index`` of GRPO step ``step`` in a run seeded ``seed``:
+    distinct for every question of every step (up to a million steps)."""
+    return (seed * 1_000_003 + step) * prompts_per_step + index
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,6 +159,8 @@ class GRPOTrainer:
             self.graphdef, self.optimizer, settings.objective(), settings.train_vision
         )
         self.eos_ids = sorted(processor.eos_token_ids)
+        self.sampling = SamplingParams(temperature=settings.temperature)
+        self.capacity = default_capacity(LENGTH - settings.max_new_tokens, settings.max_new_tokens)
 
     @property
     def model(self):
@@ -154,7 +173,7 @@ class GRPOTrainer:
         start = time.perf_counter()
         gen = generate(
             self.model, inputs["input_ids"], inputs["pixel_values"], inputs["image_grid_thw"],
-            max_new_tokens=s.max_new_tokens, sampling=SamplingParams(temperature=s.temperature),
+            max_new_tokens=s.max_new_tokens, sampling=self.sampling,
             eos_token_ids=self.eos_ids, seed=seed, num_samples=s.group_size, **generate_kwargs,
         )  # fmt: skip
         return gen, time.perf_counter() - start
@@ -199,26 +218,101 @@ class GRPOTrainer:
             row += len(rewards)
         return metrics, advantages, per_answer
 
-    def step(self, task: Task, examples: list[Example], seed: int) -> StepResult:
-        """Sample ``G`` answers to each of ``examples``, reward them, one update on all."""
-        groups, generations, answers, seconds = [], [], [], 0.0
-        for i, example in enumerate(examples):
-            inputs = self.processor.prepare(example.question, [example.image])
-            gen, s = self.sample(inputs, seed * len(examples) + i, telemetry=False)
-            texts, rewards = self.rewards(task, example, gen)
-            groups.append((inputs, gen, rewards))
-            generations.append(gen)
-            answers.append(texts)
-            seconds += s
-        metrics, advantages, credit = self.update(groups)
-        rewards = np.stack([g[2] for g in groups])
+    def step(
+        self, task: Task, step: int, *, seed: int, sink: tm.Sink, control: tm.RolloutControl
+    ) -> StepResult | None:
+        """GRPO step ``step``: ``G`` answers to each of the ``P`` questions of
+        ``step_examples(task, step)`` (seeds ``sample_seed``), their rewards, the update.
+
+        Publishes to ``sink`` (``model.telemetry`` events, ``episode`` = ``step``):
+
+        - the first question's group through ``model.rollout.sample_watched`` (the same code
+          as inference): the watched sample's ``PhaseEvent`` prefill start/end,
+          ``PrefillEvent``, ``PhaseEvent`` decode start, one ``DecodeChunk`` per chunk of its
+          tokens, ``PhaseEvent`` decode end; then a ``StepProfile`` of the decode step at the
+          group's shapes (measured on the first step, then remembered);
+        - when ``P > 1``, ``PhaseEvent`` decode start/end around sampling the other groups
+          (no telemetry);
+        - ``PhaseEvent`` reward start/end, ``PhaseEvent`` update start/end, a ``TrainEvent``
+          (``rewards``: the first group's ``G``; ``reward_mean`` / ``reward_std`` and the
+          update's metrics: all ``P * G`` answers) and a ``CreditEvent`` with the watched
+          sample's answer tokens and their credit (``model.rl.grpo``).
+
+        ``control.selection`` picks the watched (sample, layer, head) and ``control.gate()``
+        runs before every chunk of the first group's decode steps (pause, single step); a stop
+        there ends the step without an update: returns ``None``. With a ``NullSink`` nobody
+        watches: the first group is sampled like the others, without telemetry or profile
+        (the same answers: telemetry does not change the sampled tokens).
+        """
+        s = self.settings
+        examples = self.step_examples(task, step)
+        prompts = [self.processor.prepare(ex.question, [ex.image]) for ex in examples]
+        seeds = [sample_seed(seed, step, i, len(examples)) for i in range(len(examples))]
+        if isinstance(sink, tm.NullSink):  # nobody watches: no telemetry, no profile
+            first, seconds = self.sample(prompts[0], seeds[0], telemetry=False)
+        else:
+            start = time.perf_counter()
+            first = sample_watched(
+                self.model, self.processor, prompts[0], examples[0].image, sink=sink,
+                control=control, sampling=self.sampling, max_new_tokens=s.max_new_tokens,
+                capacity=self.capacity, episode=step, seed=seeds[0], num_samples=s.group_size,
+            )  # fmt: skip
+            seconds = time.perf_counter() - start
+            if control.stopped:
+                return None  # stopped while decoding: the group may be incomplete
+            cache_len = first.prompt_length + int(first.lengths.max()) - 1
+            sink.emit(
+                profile_step(self.model, s.group_size, self.capacity, cache_len, self.sampling)
+            )
+        generations = [first]
+        if len(examples) > 1:
+            with _phase(sink, "decode"):
+                for inputs, group_seed in zip(prompts[1:], seeds[1:], strict=True):
+                    gen, gen_seconds = self.sample(inputs, group_seed, telemetry=False)
+                    generations.append(gen)
+                    seconds += gen_seconds
+        with _phase(sink, "reward"):
+            scored = [
+                self.rewards(task, ex, g) for ex, g in zip(examples, generations, strict=True)
+            ]
+        answers = [texts for texts, _ in scored]
+        rewards = np.stack([r for _, r in scored])
+        with _phase(sink, "update"):
+            metrics, advantages, credit = self.update(
+                list(zip(prompts, generations, rewards, strict=True))
+            )
         metrics.update(rollout_metrics(rewards, generations, seconds))
+        sink.emit(
+            tm.TrainEvent(step=step, **{k: metrics[k] for k in METRIC_KEYS}, rewards=rewards[0])
+        )
+        watched = min(max(int(control.selection[0]), 0), s.group_size - 1)
+        tokens = first.tokens[watched, : first.lengths[watched]]
+        sink.emit(
+            tm.CreditEvent(
+                step=step,
+                sample=watched,
+                tokens=self.processor.token_texts(tokens),
+                credits=np.asarray(credit[0][watched], np.float32),
+                reward=float(rewards[0, watched]),
+                advantage=float(advantages[0, watched]),
+            )
+        )
         return StepResult(examples, generations, answers, rewards, advantages, metrics, credit)
 
     def step_examples(self, task: Task, step: int) -> list[Example]:
         """The examples of GRPO step ``step``: ``task.sample(step * P + j)``, ``j < P``."""
         p = self.settings.prompts_per_step
         return [task.sample(step * p + j) for j in range(p)]
+
+
+@contextlib.contextmanager
+def _phase(sink: tm.Sink, phase: str):
+    """Emit a phase's start event, run the body, emit its end event with the wall time."""
+    sink.emit(tm.PhaseEvent(phase=phase, active=True, elapsed_ms=0.0))
+    start = time.perf_counter()
+    yield
+    elapsed_ms = (time.perf_counter() - start) * 1e3
+    sink.emit(tm.PhaseEvent(phase=phase, active=False, elapsed_ms=elapsed_ms))
 
 
 def rollout_metrics(
@@ -233,11 +327,6 @@ def rollout_metrics(
         "reward_std": float(rewards.std()),
         "tokens_per_s": tokens / seconds,
     }
-
-
-METRIC_KEYS = (
-    "reward_mean", "reward_std", "kl", "loss", "clip_frac", "entropy", "grad_norm", "tokens_per_s",
-)  # fmt: skip
 
 
 def cli_main(args: argparse.Namespace) -> int:
@@ -255,12 +344,13 @@ def cli_main(args: argparse.Namespace) -> int:
     task = Task("train", args.seed)
     for step in range(args.steps):
         start = time.perf_counter()
-        examples = trainer.step_examples(task, step)
-        result = trainer.step(task, examples, seed=args.seed * 1_000_003 + step)
+        result = trainer.step(
+            task, step, seed=args.seed, sink=tm.NullSink(), control=tm.RolloutControl()
+        )
         record = {
             "step": step + 1,
             **{k: round(result.metrics[k], 6) for k in METRIC_KEYS},
-            "qtypes": [ex.qtype for ex in examples],
+            "qtypes": [ex.qtype for ex in result.examples],
             "seconds": round(time.perf_counter() - start, 3),
         }
         if args.json:

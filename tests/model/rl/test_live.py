@@ -1,5 +1,7 @@
 """run_grpo on a tiny random model: the events of each step, their values, and control."""
 
+import dataclasses
+
 import jax
 import numpy as np
 import pytest
@@ -7,7 +9,7 @@ from flax import nnx
 
 from model import telemetry as tm
 from model.rl.live import run_grpo
-from model.rl.train import GRPOSettings
+from model.rl.train import METRIC_KEYS, GRPOSettings, GRPOTrainer
 from model.tasks import Task
 from tests.model.recording import Recorder
 
@@ -88,6 +90,32 @@ def test_the_policy_moves_when_rewards_differ_and_the_update_compiles_once(two_s
     spread = any(np.ptp(t.rewards) > 0 for t in sink.of(tm.TrainEvent))
     assert moved or not spread
     assert trainer._update._cache_size() == 1
+
+
+def test_the_headless_step_learns_exactly_as_the_live_one(
+    two_steps, random_model, embedded_processor
+):
+    """The same seed, without a viewer (a NullSink: no telemetry, no profile): the same
+    answers, rewards, metrics, credit and learned policy as the live loop."""
+    sink, live = two_steps
+    settings = dataclasses.replace(SETTINGS, group_size=4)
+    headless = GRPOTrainer(random_model, embedded_processor, settings)
+    # the same settings: the live trainer's compiled log-probs and update serve both
+    headless._logprobs, headless._update = live._logprobs, live._update
+    task = Task("train", 0)
+    events = zip(sink.of(tm.TrainEvent), sink.of(tm.CreditEvent), strict=True)
+    for step, (train, credit) in enumerate(events):
+        r = headless.step(task, step, seed=0, sink=tm.NullSink(), control=tm.RolloutControl())
+        np.testing.assert_array_equal(r.rewards[0], train.rewards)
+        for key in METRIC_KEYS:
+            if key != "tokens_per_s":  # a wall time
+                assert r.metrics[key] == getattr(train, key), key
+        gen, s = r.generations[0], credit.sample
+        assert embedded_processor.token_texts(gen.tokens[s, : gen.lengths[s]]) == credit.tokens
+        np.testing.assert_array_equal(r.credit[0][s], credit.credits)
+        assert r.advantages[0, s] == credit.advantage
+    for a, b in zip(jax.tree.leaves(headless.state), jax.tree.leaves(live.state), strict=True):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_stop_during_decoding_ends_without_another_update(random_model, embedded_processor):

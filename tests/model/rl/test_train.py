@@ -9,9 +9,15 @@ import optax
 import pytest
 
 from model import cli
+from model import telemetry as tm
 from model.checkpoint import save_pretrained
 from model.rl import train
 from model.tasks import Task
+
+
+def step(trainer, task, index):
+    """Headless GRPO step ``index`` (seed 0)."""
+    return trainer.step(task, index, seed=0, sink=tm.NullSink(), control=tm.RolloutControl())
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +39,7 @@ def test_steps_update_the_policy_with_one_compiled_update(trainer, monkeypatch):
         "rewards",
         lambda *a: (sampled_rewards(*a)[0], np.array([1.0, 0.0, 0.0, 0.5], np.float32)),
     )
-    results = [trainer.step(task, trainer.step_examples(task, i), seed=i) for i in range(2)]
+    results = [step(trainer, task, i) for i in range(2)]
     assert trainer._update._cache_size() == 1  # jitted once, reused
     for r in results:
         assert set(train.METRIC_KEYS) <= r.metrics.keys()
@@ -57,7 +63,7 @@ def test_each_sampled_batch_gets_updates_per_batch_updates(random_model, embedde
             group_size=4, prompts_per_step=1, max_new_tokens=4, updates_per_batch=mu
         )
         trainer = train.GRPOTrainer(random_model, embedded_processor, settings)
-        result = trainer.step(task, trainer.step_examples(task, 0), seed=0)
+        result = step(trainer, task, 0)
         assert int(optax.tree.get(trainer.opt_state, "count")) == mu
         if mu == 1:  # a single update is on-policy: its ratio is 1, nothing is clipped
             assert result.metrics["clip_frac"] == 0.0
