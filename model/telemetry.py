@@ -309,13 +309,6 @@ class Sink(Protocol):
 
 
 class NullSink:
-    """A sink that drops every event: a rollout nobody watches."""
-
-    def emit(self, event: Event) -> None:
-        pass
-
-
-class NullSink:
     """A sink for a run that nobody watches: every event is discarded."""
 
     def emit(self, event: Event) -> None:
