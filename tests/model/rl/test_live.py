@@ -60,7 +60,7 @@ def test_values_are_the_watched_samples(two_steps, embedded_processor):
         zip(sink.of(tm.TrainEvent), sink.of(tm.CreditEvent), strict=True)
     ):
         assert train.step == credit.step == step
-        decodes = [e for e in sink.of(tm.DecodeEvent) if e.episode == step]
+        decodes = [e for e in sink.tokens() if e.episode == step]
         assert {e.sample for e in decodes} == {2} and credit.sample == 2
         assert decodes[-1].done
         # the credited tokens are the watched sample's decoded tokens, rewarded by the task
