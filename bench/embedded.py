@@ -75,8 +75,15 @@ def recorded_events(emb: Embedded, new_tokens: int = 64) -> list[tm.Event]:
     ``new_tokens`` tokens in all, profile."""
     sink = _ListSink()
     run_inference(
-        emb.model, emb.processor, prompt=emb.prompt, image=emb.image, sink=sink,
-        control=tm.RolloutControl(), sampling=GREEDY, max_new_tokens=new_tokens,
-        model_name=EMBEDDED.name, random_init=emb.random_init,
-    )  # fmt: skip
+        emb.model,
+        emb.processor,
+        prompt=emb.prompt,
+        image=emb.image,
+        sink=sink,
+        control=tm.RolloutControl(),
+        sampling=GREEDY,
+        max_new_tokens=new_tokens,
+        model_name=EMBEDDED.name,
+        random_init=emb.random_init,
+    )
     return sink.events

@@ -82,21 +82,37 @@ def part(name: str, fn) -> bool:
 def config(small: bool) -> Qwen3VLConfig:
     if small:
         text = TextConfig(
-            vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-            num_attention_heads=4, num_key_value_heads=2, head_dim=16,
-            mrope_section=(2, 3, 3), rope_theta=5_000_000.0,
-        )  # fmt: skip
+            vocab_size=512,
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=16,
+            mrope_section=(2, 3, 3),
+            rope_theta=5_000_000.0,
+        )
     else:  # Qwen3-VL-2B text
         text = TextConfig(
-            vocab_size=151936, hidden_size=2048, intermediate_size=6144, num_hidden_layers=28,
-            num_attention_heads=16, num_key_value_heads=8, head_dim=128,
-            mrope_section=(24, 20, 20), rope_theta=5_000_000.0,
-        )  # fmt: skip
+            vocab_size=151936,
+            hidden_size=2048,
+            intermediate_size=6144,
+            num_hidden_layers=28,
+            num_attention_heads=16,
+            num_key_value_heads=8,
+            head_dim=128,
+            mrope_section=(24, 20, 20),
+            rope_theta=5_000_000.0,
+        )
     # a one-block vision tower: this benchmark decodes text
     vision = VisionConfig(
-        depth=1, hidden_size=64, intermediate_size=128, num_heads=2,
-        out_hidden_size=text.hidden_size, deepstack_visual_indexes=(),
-    )  # fmt: skip
+        depth=1,
+        hidden_size=64,
+        intermediate_size=128,
+        num_heads=2,
+        out_hidden_size=text.hidden_size,
+        deepstack_visual_indexes=(),
+    )
     return Qwen3VLConfig(text=text, vision=vision, tie_word_embeddings=True)
 
 

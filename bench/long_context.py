@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
             "model",
             f"{emb.label.split(',')[0]}, text-only prompt, {args.steps} decode steps, "
             f"{args.reps} interleaved on/off reps per length",
-        ),  # fmt: skip
+        ),
         (
             "T (slots)",
             "prompt  ms/step on  ms/step off  tok/s on/off (reps)  B/step on  B/step off",

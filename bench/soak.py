@@ -68,10 +68,18 @@ def soak(emb, minutes: float, events: int, new_tokens: int):
         try:
             while not control.stopped:
                 run_inference(
-                    emb.model, emb.processor, prompt=emb.prompt, image=emb.image, sink=sink,
-                    control=control, sampling=GREEDY, max_new_tokens=new_tokens,
-                    episode=episodes[0], model_name=EMBEDDED.name, random_init=emb.random_init,
-                )  # fmt: skip
+                    emb.model,
+                    emb.processor,
+                    prompt=emb.prompt,
+                    image=emb.image,
+                    sink=sink,
+                    control=control,
+                    sampling=GREEDY,
+                    max_new_tokens=new_tokens,
+                    episode=episodes[0],
+                    model_name=EMBEDDED.name,
+                    random_init=emb.random_init,
+                )
                 episodes[0] += 1
                 if episodes[0] == WARM_EPISODES:
                     start_marks["start"] = time.monotonic()

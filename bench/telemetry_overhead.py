@@ -87,10 +87,18 @@ def with_dashboard(emb: embedded.Embedded, episodes: int, new_tokens: int, fps: 
         try:
             for episode in range(episodes):
                 run_inference(
-                    emb.model, emb.processor, prompt=emb.prompt, image=emb.image, sink=tap,
-                    control=control, sampling=GREEDY, max_new_tokens=new_tokens,
-                    episode=episode, model_name=EMBEDDED.name, random_init=emb.random_init,
-                )  # fmt: skip
+                    emb.model,
+                    emb.processor,
+                    prompt=emb.prompt,
+                    image=emb.image,
+                    sink=tap,
+                    control=control,
+                    sampling=GREEDY,
+                    max_new_tokens=new_tokens,
+                    episode=episode,
+                    model_name=EMBEDDED.name,
+                    random_init=emb.random_init,
+                )
         finally:
             app.quit_from_thread()
 
@@ -118,9 +126,13 @@ def plain(emb: embedded.Embedded, episodes: int, new_tokens: int, telemetry: boo
     inputs = emb.inputs
     for _ in range(episodes):
         gen = generate(
-            emb.model, inputs["input_ids"], inputs["pixel_values"], inputs["image_grid_thw"],
-            max_new_tokens=new_tokens, telemetry=telemetry,
-        )  # fmt: skip
+            emb.model,
+            inputs["input_ids"],
+            inputs["pixel_values"],
+            inputs["image_grid_thw"],
+            max_new_tokens=new_tokens,
+            telemetry=telemetry,
+        )
         steps += gen.steps
         seconds += gen.decode_seconds
     return steps / seconds
@@ -136,10 +148,18 @@ def rollout_only(emb: embedded.Embedded, episodes: int, new_tokens: int) -> floa
     tap = _Timings(_Discard())
     for episode in range(episodes):
         run_inference(
-            emb.model, emb.processor, prompt=emb.prompt, image=emb.image, sink=tap,
-            control=tm.RolloutControl(), sampling=GREEDY, max_new_tokens=new_tokens,
-            episode=episode, model_name=EMBEDDED.name, random_init=emb.random_init,
-        )  # fmt: skip
+            emb.model,
+            emb.processor,
+            prompt=emb.prompt,
+            image=emb.image,
+            sink=tap,
+            control=tm.RolloutControl(),
+            sampling=GREEDY,
+            max_new_tokens=new_tokens,
+            episode=episode,
+            model_name=EMBEDDED.name,
+            random_init=emb.random_init,
+        )
     return sum(events - 1 for events, _ in tap.episodes) / sum(s for _, s in tap.episodes)
 
 

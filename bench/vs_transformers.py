@@ -56,9 +56,14 @@ def ours(emb: embedded.Embedded, new_tokens: int) -> dict:
     chunks = []
     start = time.perf_counter()
     gen = generate(
-        emb.model, inputs["input_ids"], inputs["pixel_values"], inputs["image_grid_thw"],
-        max_new_tokens=new_tokens, telemetry=True, on_chunk=chunks.append,
-    )  # fmt: skip
+        emb.model,
+        inputs["input_ids"],
+        inputs["pixel_values"],
+        inputs["image_grid_thw"],
+        max_new_tokens=new_tokens,
+        telemetry=True,
+        on_chunk=chunks.append,
+    )
     seconds = time.perf_counter() - start
     assert sum(len(c.token_ids) for c in chunks) == new_tokens and gen.steps == new_tokens - 1
     return {

@@ -157,9 +157,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return app.run(rollout_fn, options)
     except Exception as e:  # a bug of the dashboard itself: one line, the rest in a file
-        with tempfile.NamedTemporaryFile("w", prefix="qwen3vl-dash-", suffix=".log",
-                                         delete=False) as log:  # fmt: skip
+        log_file = {"prefix": "qwen3vl-dash-", "suffix": ".log", "delete": False}
+        with tempfile.NamedTemporaryFile("w", **log_file) as log:
             traceback.print_exc(file=log)
-        print(f"{PROG}: internal error: {type(e).__name__}: {e} (traceback in {log.name})",
-              file=sys.stderr)  # fmt: skip
+        message = f"internal error: {type(e).__name__}: {e} (traceback in {log.name})"
+        print(f"{PROG}: {message}", file=sys.stderr)
         return 1

@@ -6,7 +6,6 @@ input, and returns a ``rollout_fn(sink, control)`` for ``dash.app``.
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 
 EMBEDDED = Path(__file__).resolve().parent.parent / "assets" / "tiny-qwen3vl"
@@ -15,18 +14,6 @@ DEFAULT_PROMPT = "Describe the image."
 
 class SourceError(ValueError):
     """Bad input for a rollout source; the message is one line for the user."""
-
-
-def _rollout_module():
-    try:
-        return importlib.import_module("model.rollout")
-    except ModuleNotFoundError as e:
-        if e.name == "model.rollout":
-            raise SourceError(
-                "the model rollout (model/rollout.py) is not in this checkout yet;"
-                " use --replay FILE to play a recording"
-            ) from None
-        raise
 
 
 def _load(model_dir: Path):
@@ -53,6 +40,7 @@ def model_source(
 ):
     """Inference with a Hugging Face Qwen3-VL checkpoint directory."""
     from model.processor import ProcessorError, load_image
+    from model.rollout import run_inference
 
     path = Path(model_dir)
     if not path.exists():
@@ -65,12 +53,11 @@ def model_source(
             picture = load_image(image)
         except ProcessorError as e:
             raise SourceError(f"--image {image}: {e}") from None
-    rollout = _rollout_module()
     m, processor = _load(path)
     sampling = {"temperature": temperature, "max_new_tokens": max_new_tokens, "seed": seed}
 
     def run(sink, control) -> None:
-        rollout.run_inference(
+        run_inference(
             m,
             processor,
             prompt=prompt or DEFAULT_PROMPT,

@@ -59,9 +59,21 @@ def supported(cfg: TextConfig, capacity: int, recent: int) -> bool:
 
 
 def decode_attention(
-    q, k, v, scales, cos, sin, main, recent, main_length, position, *, eps, parts,
+    q,
+    k,
+    v,
+    scales,
+    cos,
+    sin,
+    main,
+    recent,
+    main_length,
+    position,
+    *,
+    eps,
+    parts,
     interpret=False,
-):  # fmt: skip
+):
     """A decode step's attention of one layer, from the projections of its query, key and
     value to the input of the output projection, as one kernel.
 
@@ -133,9 +145,16 @@ def decode_attention(
         interpret=interpret,
         name="decode_attention",
     )(
-        q, k.astype(q.dtype), v.astype(recent[1].dtype), *scales, cos, sin, *main, *recent,
+        q,
+        k.astype(q.dtype),
+        v.astype(recent[1].dtype),
+        *scales,
+        cos,
+        sin,
+        *main,
+        *recent,
         *(jnp.asarray(n, jnp.int32) for n in (main_length, position)),
-    )  # fmt: skip
+    )
     tops, totals = _own(tops, 3), _own(totals, 3)  # [B, Hkv, blocks, G]
     top = tops.max(2)  # [B, Hkv, G]
     weights = jnp.exp(tops - top[:, :, None])  # empty blocks weigh 0
@@ -159,10 +178,30 @@ def _own(x: jax.Array, axis: int) -> jax.Array:
 
 
 def _kernel(
-    q_ref, k_ref, v_ref, q_scale_ref, k_scale_ref, cos_ref, sin_ref, km_ref, vm_ref, kr_ref,
-    vr_ref, main_length_ref, position_ref, sum_ref, top_ref, total_ref, kr_out_ref, vr_out_ref,
-    *scores_ref, scale, eps, capacity, group,
-):  # fmt: skip
+    q_ref,
+    k_ref,
+    v_ref,
+    q_scale_ref,
+    k_scale_ref,
+    cos_ref,
+    sin_ref,
+    km_ref,
+    vm_ref,
+    kr_ref,
+    vr_ref,
+    main_length_ref,
+    position_ref,
+    sum_ref,
+    top_ref,
+    total_ref,
+    kr_out_ref,
+    vr_out_ref,
+    *scores_ref,
+    scale,
+    eps,
+    capacity,
+    group,
+):
     """Program ``(row, KV head, j)``: the step's projections ``q_ref [Hq, D]``, ``k_ref,
     v_ref [D]``; main cache block ``j``, ``km_ref [K, D]``, ``vm_ref [D, K]`` or, for the
     last ``j``, the chunk's cache ``kr_ref [S, D]``, ``vr_ref [D, S]``, which gets the

@@ -134,22 +134,43 @@ def sample_watched(
         sink.emit(tm.PhaseEvent(phase="prefill", active=False, elapsed_ms=p.elapsed_ms))
         sink.emit(
             tm.PrefillEvent(
-                episode=episode, sample=p.sample, tokens=texts(ids[0]),
-                token_ids=ids[0].astype(np.int32), positions=p.positions, images=tuple(images),
-                vision_norm=p.vision_norm, text_norm=p.text_norm, stats=p.stats,
-                layer=p.layer, head=p.head, attn_map=p.attn_map, cache_len=p.prompt_length,
-                cache_capacity=p.cache_capacity, elapsed_ms=p.elapsed_ms,
+                episode=episode,
+                sample=p.sample,
+                tokens=texts(ids[0]),
+                token_ids=ids[0].astype(np.int32),
+                positions=p.positions,
+                images=tuple(images),
+                vision_norm=p.vision_norm,
+                text_norm=p.text_norm,
+                stats=p.stats,
+                layer=p.layer,
+                head=p.head,
+                attn_map=p.attn_map,
+                cache_len=p.prompt_length,
+                cache_capacity=p.cache_capacity,
+                elapsed_ms=p.elapsed_ms,
             )
-        )  # fmt: skip
+        )
         sink.emit(tm.PhaseEvent(phase="decode", active=True, elapsed_ms=0.0))
 
     sink.emit(tm.PhaseEvent(phase="prefill", active=True, elapsed_ms=0.0))
     gen = generate(
-        m, ids, inputs["pixel_values"], inputs["image_grid_thw"], max_new_tokens=max_new_tokens,
-        sampling=sampling, eos_token_ids=processor.eos_token_ids, seed=seed,
-        num_samples=num_samples, capacity=capacity, control=control, on_prefill=on_prefill,
-        on_chunk=sink.emit, token_texts=texts, episode=episode,
-    )  # fmt: skip
+        m,
+        ids,
+        inputs["pixel_values"],
+        inputs["image_grid_thw"],
+        max_new_tokens=max_new_tokens,
+        sampling=sampling,
+        eos_token_ids=processor.eos_token_ids,
+        seed=seed,
+        num_samples=num_samples,
+        capacity=capacity,
+        control=control,
+        on_prefill=on_prefill,
+        on_chunk=sink.emit,
+        token_texts=texts,
+        episode=episode,
+    )
     sink.emit(tm.PhaseEvent(phase="decode", active=False, elapsed_ms=gen.decode_seconds * 1e3))
     return gen
 
@@ -184,14 +205,30 @@ def run_inference(
     capacity = capacity or default_capacity(length, max_new_tokens)
     sink.emit(
         run_info(
-            m, processor, mode="inference", batch_size=1, capacity=capacity, sampling=params,
-            max_new_tokens=max_new_tokens, model_name=model_name, random_init=random_init,
+            m,
+            processor,
+            mode="inference",
+            batch_size=1,
+            capacity=capacity,
+            sampling=params,
+            max_new_tokens=max_new_tokens,
+            model_name=model_name,
+            random_init=random_init,
         )
-    )  # fmt: skip
+    )
     gen = sample_watched(
-        m, processor, inputs, image, sink=sink, control=control, sampling=params,
-        max_new_tokens=max_new_tokens, capacity=capacity, episode=episode, seed=seed,
-    )  # fmt: skip
+        m,
+        processor,
+        inputs,
+        image,
+        sink=sink,
+        control=control,
+        sampling=params,
+        max_new_tokens=max_new_tokens,
+        capacity=capacity,
+        episode=episode,
+        seed=seed,
+    )
     n = int(gen.lengths[0])
     sink.emit(profile_step(m, 1, capacity, length + n - 1, params))
     return gen.tokens[0, :n]

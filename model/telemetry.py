@@ -296,9 +296,15 @@ class ErrorEvent:
 
 
 Event = (
-    RunInfo | PrefillEvent | DecodeChunk | PhaseEvent | StepProfile | TrainEvent | CreditEvent
+    RunInfo
+    | PrefillEvent
+    | DecodeChunk
+    | PhaseEvent
+    | StepProfile
+    | TrainEvent
+    | CreditEvent
     | ErrorEvent
-)  # fmt: skip
+)
 EVENT_TYPES: dict[str, type] = {cls.kind: cls for cls in typing.get_args(Event)}
 
 

@@ -186,9 +186,19 @@ def generate(
     cache = KVCache.create(text, batch, capacity, m.dtype)
     sel = selection()
     cache, tokens, results = programs.prefill(
-        graph, weights, cache, embeds, deepstack, prompt.positions, np.int32(length),
-        prompt.image_mask, key, params, sel, telemetry=telemetry,
-    )  # fmt: skip
+        graph,
+        weights,
+        cache,
+        embeds,
+        deepstack,
+        prompt.positions,
+        np.int32(length),
+        prompt.image_mask,
+        key,
+        params,
+        sel,
+        telemetry=telemetry,
+    )
     host_tokens, results, norms = jax.device_get((tokens, results, norms))
     elapsed = time.perf_counter() - start
     if telemetry and on_prefill is not None:
@@ -197,12 +207,19 @@ def generate(
         stats = HeadStats(**{f.name: columns[f.name][0] for f in dataclasses.fields(HeadStats)})
         on_prefill(
             PrefillTelemetry(
-                sample=s, layer=int(sel[1]), head=int(sel[2]), stats=stats,
-                attn_map=results[2][:r, :r], positions=prompt.positions[:, s, :length],
-                prompt_length=length, cache_capacity=capacity, vision_norm=float(norms[0]),
-                text_norm=float(norms[1]), elapsed_ms=1e3 * elapsed,
+                sample=s,
+                layer=int(sel[1]),
+                head=int(sel[2]),
+                stats=stats,
+                attn_map=results[2][:r, :r],
+                positions=prompt.positions[:, s, :length],
+                prompt_length=length,
+                cache_capacity=capacity,
+                vision_norm=float(norms[0]),
+                text_norm=float(norms[1]),
+                elapsed_ms=1e3 * elapsed,
             )
-        )  # fmt: skip
+        )
     deliver(0, sel, results if telemetry else (host_tokens[None],), elapsed)
 
     n = min(CHUNK, capacity)
@@ -215,9 +232,22 @@ def generate(
     for count in schedule.chunks():
         sel = selection()
         cache, stored, tokens, finished, results = programs.decode_chunk(
-            graph, weights, layer_weights, cache, stored, tokens, finished, prompt.deltas, eos,
-            key, np.int32(schedule.step), np.int32(count), params, sel, telemetry=telemetry,
-        )  # fmt: skip
+            graph,
+            weights,
+            layer_weights,
+            cache,
+            stored,
+            tokens,
+            finished,
+            prompt.deltas,
+            eos,
+            key,
+            np.int32(schedule.step),
+            np.int32(count),
+            params,
+            sel,
+            telemetry=telemetry,
+        )
         schedule.dispatched(sel, results)
     return Generation(
         tokens=tokens_kept.out,

@@ -67,9 +67,20 @@ def layout(m, batch: int, capacity: int) -> Layout:
 
 @functools.partial(jax.jit, static_argnums=0, static_argnames="telemetry", donate_argnames="cache")
 def prefill(
-    graph, weights, cache, embeds, deepstack, positions, length, vision, key, params,
-    selection, *, telemetry,
-):  # fmt: skip
+    graph,
+    weights,
+    cache,
+    embeds,
+    deepstack,
+    positions,
+    length,
+    vision,
+    key,
+    params,
+    selection,
+    *,
+    telemetry,
+):
     """The prompt's forward, its keys and values written to ``cache`` and the first new
     token sampled from the logits of its last real position ``length - 1``.
 
@@ -93,9 +104,15 @@ def prefill(
     position = jax.lax.dynamic_index_in_dim(positions[:, sample_], length - 1, 1, False)
     summaries = summarize(Observations(obs.rows[None]), vision[sample_], layer, head)
     columns = _columns(
-        summaries, 0, tokens[None], logp[sample_][None], sample_, length[None],
-        position[None], cache.capacity,
-    )  # fmt: skip
+        summaries,
+        0,
+        tokens[None],
+        logp[sample_][None],
+        sample_,
+        length[None],
+        position[None],
+        cache.capacity,
+    )
     floats, ints = layout(m, tokens.shape[0], cache.capacity).pack(columns)
     return cache, tokens, (floats, ints, obs.map)
 
@@ -133,9 +150,23 @@ class Carry(NamedTuple):
     jax.jit, static_argnums=0, static_argnames="telemetry", donate_argnames=("cache", "stored")
 )
 def decode_chunk(
-    graph, weights, layer_weights, cache, stored, tokens, finished, deltas, eos, key, start,
-    count, params, selection, *, telemetry,
-):  # fmt: skip
+    graph,
+    weights,
+    layer_weights,
+    cache,
+    stored,
+    tokens,
+    finished,
+    deltas,
+    eos,
+    key,
+    start,
+    count,
+    params,
+    selection,
+    *,
+    telemetry,
+):
     """Decode steps ``start, start + 1, ...``: ``count`` of them (``1 <= count <= CHUNK``,
     at most the cache's free slots), fewer once every row has finished.
 
@@ -194,9 +225,15 @@ def decode_chunk(
         pos = cache.length + jnp.arange(k)  # each step's query position
         position = jnp.broadcast_to((pos + deltas[sample_])[:, None], (k, 3))
         columns = _columns(
-            attention, cache.length, kept.tokens, kept.logp, sample_, pos + 1, position,
+            attention,
+            cache.length,
+            kept.tokens,
+            kept.logp,
+            sample_,
+            pos + 1,
+            position,
             cache.capacity,
-        )  # fmt: skip
+        )
         floats, ints = pack(columns)
         pad = ((0, n - k), (0, 0))
         return jnp.pad(floats, pad), jnp.pad(ints, pad, constant_values=-1)

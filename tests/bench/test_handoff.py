@@ -9,13 +9,20 @@ def _decode_event() -> tm.DecodeChunk:
     grid = np.zeros((1, 4, 4), np.float32)
     stats = tm.HeadStats(grid, grid, grid, grid, np.zeros((1, 4, 4), np.int32))
     return tm.DecodeChunk(
-        first=3, token_ids=np.array([7], np.int32), token_texts=("x",),
-        probs=np.array([0.5], np.float32), top_ids=np.zeros((1, 5), np.int32),
-        top_probs=np.zeros((1, 5), np.float32), top_texts=(("x",) * 5,),
-        cache_lens=np.array([90], np.int32), cache_capacity=128,
-        positions=np.ones((1, 3), np.int32), stats=stats, attn_rows=np.zeros((1, 90), np.float32),
+        first=3,
+        token_ids=np.array([7], np.int32),
+        token_texts=("x",),
+        probs=np.array([0.5], np.float32),
+        top_ids=np.zeros((1, 5), np.int32),
+        top_probs=np.zeros((1, 5), np.float32),
+        top_texts=(("x",) * 5,),
+        cache_lens=np.array([90], np.int32),
+        cache_capacity=128,
+        positions=np.ones((1, 3), np.int32),
+        stats=stats,
+        attn_rows=np.zeros((1, 90), np.float32),
         elapsed_ms=1.0,
-    )  # fmt: skip
+    )
 
 
 def test_event_bytes_counts_every_array_of_the_event():

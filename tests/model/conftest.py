@@ -45,14 +45,28 @@ def random_model(embedded_processor):
 
     vocab = embedded_processor.tokenizer.get_vocab()
     config = Qwen3VLConfig(
-        text=TextConfig(vocab_size=len(vocab), hidden_size=32, intermediate_size=64,
-                        num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,
-                        head_dim=8, mrope_section=(2, 1, 1)),
-        vision=VisionConfig(depth=2, hidden_size=16, intermediate_size=32, num_heads=2,
-                            out_hidden_size=32, num_position_embeddings=16,
-                            deepstack_visual_indexes=(0,)),
-        image_token_id=vocab["<|image_pad|>"], video_token_id=vocab["<|video_pad|>"],
+        text=TextConfig(
+            vocab_size=len(vocab),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=3,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=8,
+            mrope_section=(2, 1, 1),
+        ),
+        vision=VisionConfig(
+            depth=2,
+            hidden_size=16,
+            intermediate_size=32,
+            num_heads=2,
+            out_hidden_size=32,
+            num_position_embeddings=16,
+            deepstack_visual_indexes=(0,),
+        ),
+        image_token_id=vocab["<|image_pad|>"],
+        video_token_id=vocab["<|video_pad|>"],
         vision_start_token_id=vocab["<|vision_start|>"],
         vision_end_token_id=vocab["<|vision_end|>"],
-    )  # fmt: skip
+    )
     return init_random(config, seed=0)

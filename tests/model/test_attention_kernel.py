@@ -40,8 +40,21 @@ def _inputs(capacity, size, dtype, heads=16, kv_heads=4, head_dim=32, batch=2):
 
 @functools.partial(jax.jit, static_argnames="parts")
 def _kernel(q, k, v, scales, cos, sin, main, recent, main_length, position, parts):
-    return decode_attention(q, k, v, scales, cos, sin, main, recent, main_length, position,
-                            eps=EPS, parts=parts, interpret=True)  # fmt: skip
+    return decode_attention(
+        q,
+        k,
+        v,
+        scales,
+        cos,
+        sin,
+        main,
+        recent,
+        main_length,
+        position,
+        eps=EPS,
+        parts=parts,
+        interpret=True,
+    )
 
 
 @jax.jit
@@ -54,8 +67,9 @@ def _reference(q, k, v, scales, cos, sin, main, recent, main_length, position):
     cos, sin = cos[:, None], sin[:, None]  # [B, T = 1, D]
     q = apply_rotary(q_norm(q[:, None]), cos, sin)  # [B, 1, Hq, D]
     k = jnp.swapaxes(apply_rotary(k_norm(k[:, None]), cos, sin), 1, 2)  # [B, Hkv, 1, D]
-    cache = KVCache(k=(recent[0],), v=(recent[1],), vision=jnp.zeros((1, size), bool),
-                    length=position).write_token(0, k, v[:, :, None])  # fmt: skip
+    cache = KVCache(
+        k=(recent[0],), v=(recent[1],), vision=jnp.zeros((1, size), bool), length=position
+    ).write_token(0, k, v[:, :, None])
     masks = jnp.arange(main[0].shape[2]) < main_length, jnp.arange(size) <= position
     caches = ((*main, masks[0]), (cache.k[0], cache.v[0], masks[1]))
     return *cached_attention(q, caches), (cache.k[0], cache.v[0])
@@ -118,9 +132,14 @@ def test_lowers_for_cuda_to_a_triton_kernel(parts):
 def test_supported_shapes():
     def text(heads=16, kv_heads=8, head_dim=128):
         return TextConfig(
-            vocab_size=8, hidden_size=8, intermediate_size=8, num_hidden_layers=1,
-            num_attention_heads=heads, num_key_value_heads=kv_heads, head_dim=head_dim,
-        )  # fmt: skip
+            vocab_size=8,
+            hidden_size=8,
+            intermediate_size=8,
+            num_hidden_layers=1,
+            num_attention_heads=heads,
+            num_key_value_heads=kv_heads,
+            head_dim=head_dim,
+        )
 
     assert supported(text(), capacity=768, recent=32)  # Qwen3-VL-2B
     assert supported(text(32, 8, 128), capacity=64, recent=16)

@@ -37,9 +37,13 @@ def test_prints_the_generated_text(checkpoint, tmp_path, capsys):
     processor = Processor.from_pretrained(checkpoint)
     inputs = processor.prepare("what is it?", [PIL.Image.open(image).convert("RGB")])
     gen = generate(
-        load_pretrained(checkpoint), inputs["input_ids"], inputs["pixel_values"],
-        inputs["image_grid_thw"], max_new_tokens=5, eos_token_ids=processor.eos_token_ids,
-    )  # fmt: skip
+        load_pretrained(checkpoint),
+        inputs["input_ids"],
+        inputs["pixel_values"],
+        inputs["image_grid_thw"],
+        max_new_tokens=5,
+        eos_token_ids=processor.eos_token_ids,
+    )
     assert out == processor.decode(gen.tokens[0, : gen.lengths[0]]) + "\n"
 
 

@@ -11,9 +11,15 @@ from model.config import TextConfig
 from model.kv_cache import KVCache
 
 CFG = TextConfig(
-    vocab_size=8, hidden_size=8, intermediate_size=8, num_hidden_layers=2,
-    num_attention_heads=2, num_key_value_heads=1, head_dim=2, mrope_section=(1, 0, 0),
-)  # fmt: skip
+    vocab_size=8,
+    hidden_size=8,
+    intermediate_size=8,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    num_key_value_heads=1,
+    head_dim=2,
+    mrope_section=(1, 0, 0),
+)
 
 
 def _filled(capacity: int, values) -> KVCache:

@@ -9,12 +9,14 @@ pytestmark = pytest.mark.parity
 
 CASES = {
     "gqa-untied": {},
-    "mha-tied-hd16": dict(heads=2, kv_heads=2, head_dim=16, mrope=(4, 2, 2), tied=True,
-                          deepstack=(1,), vision_heads=4),
-    "mqa-hd12-unsorted-deepstack": dict(heads=4, kv_heads=1, head_dim=12, mrope=(2, 2, 2),
-                                        layers=2, deepstack=(2, 0)),
+    "mha-tied-hd16": dict(
+        heads=2, kv_heads=2, head_dim=16, mrope=(4, 2, 2), tied=True, deepstack=(1,), vision_heads=4
+    ),
+    "mqa-hd12-unsorted-deepstack": dict(
+        heads=4, kv_heads=1, head_dim=12, mrope=(2, 2, 2), layers=2, deepstack=(2, 0)
+    ),
     "no-deepstack": dict(mrope=(1, 2, 1), deepstack=()),
-}  # fmt: skip
+}
 
 
 @pytest.fixture(scope="module", params=list(CASES))

@@ -22,10 +22,16 @@ def image():
 
 def _run(model, processor, image, sink, control, n=6, **kw):
     return run_inference(
-        model, processor, prompt="What colour is the square?", image=image, sink=sink,
-        control=control, sampling={"temperature": 0.0, "max_new_tokens": n}, max_new_tokens=n,
+        model,
+        processor,
+        prompt="What colour is the square?",
+        image=image,
+        sink=sink,
+        control=control,
+        sampling={"temperature": 0.0, "max_new_tokens": n},
+        max_new_tokens=n,
         **kw,
-    )  # fmt: skip
+    )
 
 
 def test_event_sequence_and_contents(random_model, embedded_processor, image):
@@ -40,7 +46,7 @@ def test_event_sequence_and_contents(random_model, embedded_processor, image):
     ]
     # sent as one DecodeChunk per chunk of decode steps, the prefill's token first
     chunks = [e for e in sink.sent if isinstance(e, tm.DecodeChunk)]
-    assert [e.kind for e in sink.sent] == kinds[:5] + ["decode_chunk"] * len(chunks) + kinds[-2:]
+    assert [e.kind for e in sink.sent] == kinds[:5] + ["decode"] * len(chunks) + kinds[-2:]
     assert len(chunks[0]) == 1 and sum(map(len, chunks)) == n and len(chunks) < n
     phases = [(e.phase, e.active) for e in sink.of(tm.PhaseEvent)]
     assert phases == [("prefill", True), ("prefill", False), ("decode", True), ("decode", False)]

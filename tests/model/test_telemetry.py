@@ -63,9 +63,16 @@ def test_optional_fields_default_to_none_and_required_ones_are_named():
     with pytest.raises(tm.RecordError, match="missing field.*reward_mean"):
         tm.from_record({"type": "train", "step": 1})
     token = tm.from_record(
-        {"type": "decode", "step": 0, "token_id": 1, "token_text": "a", "prob": 1.0,
-         "cache_len": 1, "cache_capacity": 4}
-    )  # fmt: skip
+        {
+            "type": "decode",
+            "step": 0,
+            "token_id": 1,
+            "token_text": "a",
+            "prob": 1.0,
+            "cache_len": 1,
+            "cache_capacity": 4,
+        }
+    )
     assert token.stats is None and token.attn_rows is None and token.elapsed_ms is None
     with pytest.raises(tm.RecordError, match="decode: missing field.*token_id"):
         tm.from_record({"type": "decode", "step": 0})

@@ -86,9 +86,15 @@ def test_cached_decode_equals_full_forward(tiny_model, reference, with_image):
     cache = KVCache.create(m.config.text, 1, CAPACITY, m.dtype)
     layers = unstack_layers(graph, weights)
     logits, cache = _prefill_logits(
-        graph, weights, cache, embeds, deepstack, prompt.positions, np.int32(length),
+        graph,
+        weights,
+        cache,
+        embeds,
+        deepstack,
+        prompt.positions,
+        np.int32(length),
         prompt.image_mask,
-    )  # fmt: skip
+    )
     np.testing.assert_allclose(np.asarray(logits)[0], full[length - 1], atol=1e-5)
     for i in range(0, n - 1, 3):  # chunks of 3, 3 and 1 steps
         chunk = new[:, i : min(i + 3, n - 1)]
@@ -139,10 +145,20 @@ def test_telemetry_equals_full_attention_weights(
         control.select(s % 2, s % cfg.num_hidden_layers, (3 * s) % cfg.num_attention_heads)
 
     gen = generate(
-        m, ids, pixels, grid, max_new_tokens=n, num_samples=2, seed=5,
-        sampling=SamplingParams(temperature=temperature), control=control,
-        on_prefill=prefills.append, on_chunk=on_chunk, token_texts=_texts, capacity=capacity,
-    )  # fmt: skip
+        m,
+        ids,
+        pixels,
+        grid,
+        max_new_tokens=n,
+        num_samples=2,
+        seed=5,
+        sampling=SamplingParams(temperature=temperature),
+        control=control,
+        on_prefill=prefills.append,
+        on_chunk=on_chunk,
+        token_texts=_texts,
+        capacity=capacity,
+    )
     steps = list(_per_token(chunks))
     assert [t.step for t in steps] == list(range(n))
     assert len(chunks) >= 3  # the prefill's token, a first decode step, then longer chunks
@@ -225,10 +241,16 @@ def test_moving_selection_or_sampling_never_recompiles(tiny_model, reference):
     for i, sampling in enumerate([SamplingParams(), SamplingParams(1.0, 3, 0.5)]):
         control.select(i, 2 - i, 3 - i)
         generate(
-            tiny_model, ids, max_new_tokens=6, num_samples=2, sampling=sampling, seed=i,
-            control=control, token_texts=_texts,
+            tiny_model,
+            ids,
+            max_new_tokens=6,
+            num_samples=2,
+            sampling=sampling,
+            seed=i,
+            control=control,
+            token_texts=_texts,
             on_chunk=lambda c: control.select(*(c.first % k for k in (2, 3, 4))),
-        )  # fmt: skip
+        )
     assert (decode_chunk._cache_size(), prefill._cache_size()) == compiled
 
 
@@ -256,9 +278,13 @@ def test_stop_request_ends_generation(tiny_model, reference):
 
     n = 3 * CHUNK
     generate(
-        tiny_model, reference["text_ids"], max_new_tokens=n, control=control, on_chunk=on_chunk,
+        tiny_model,
+        reference["text_ids"],
+        max_new_tokens=n,
+        control=control,
+        on_chunk=on_chunk,
         token_texts=_texts,
-    )  # fmt: skip
+    )
     # the chunk already dispatched when step 2 arrived is the last one
     assert seen[-1] <= 2 + CHUNK and seen == list(range(len(seen)))
 
@@ -321,13 +347,23 @@ def test_attention_kernel_decodes_as_xla_does(monkeypatch):
     here in Pallas' interpreter, it generates the same tokens and telemetry as XLA's
     operations, over main-cache blocks partly and wholly filled."""
     text = TextConfig(
-        vocab_size=64, hidden_size=64, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=16, num_key_value_heads=4, head_dim=32, mrope_section=(8, 4, 4),
-    )  # fmt: skip
+        vocab_size=64,
+        hidden_size=64,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=16,
+        num_key_value_heads=4,
+        head_dim=32,
+        mrope_section=(8, 4, 4),
+    )
     vision = VisionConfig(
-        depth=1, hidden_size=16, intermediate_size=32, num_heads=2, out_hidden_size=64,
+        depth=1,
+        hidden_size=16,
+        intermediate_size=32,
+        num_heads=2,
+        out_hidden_size=64,
         deepstack_visual_indexes=(),
-    )  # fmt: skip
+    )
     m = init_random(Qwen3VLConfig(text=text, vision=vision), seed=1)
     ids = np.arange(3, 40)[None]
 
@@ -335,9 +371,14 @@ def test_attention_kernel_decodes_as_xla_does(monkeypatch):
         chunks = []
         control = RolloutControl(layer=1, head=6)
         gen = generate(
-            m, ids, max_new_tokens=60, capacity=128, control=control, on_chunk=chunks.append,
+            m,
+            ids,
+            max_new_tokens=60,
+            capacity=128,
+            control=control,
+            on_chunk=chunks.append,
             token_texts=_texts,
-        )  # fmt: skip
+        )
         return gen.tokens, list(_per_token(chunks))
 
     tokens, steps = run()
