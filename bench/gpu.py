@@ -40,12 +40,9 @@ import numpy as np  # noqa: E402
 
 from model import attention_kernel  # noqa: E402
 from model.config import Qwen3VLConfig, TextConfig, VisionConfig  # noqa: E402
-from model.decode import (  # noqa: E402
-    _decode,
-    default_capacity,
-    generate,
-    runs_attention_kernel,
-)
+from model.decode import default_capacity, generate  # noqa: E402
+from model.decode.forward import runs_attention_kernel  # noqa: E402
+from model.decode.programs import decode_chunk  # noqa: E402
 from model.qwen3_vl import build  # noqa: E402
 
 PROMPT, NEW = 512, 256
@@ -354,7 +351,7 @@ def main() -> int:
         ``cached_attention``) in place of the decode step's kernel."""
         kernel_supported = attention_kernel.supported
         attention_kernel.supported = lambda *shapes: False
-        _decode.clear_cache()
+        decode_chunk.clear_cache()
         try:
             xla_runs: dict[str, list[float]] = {"on": [], "off": []}
             for tel in (True, False):
@@ -366,7 +363,7 @@ def main() -> int:
                 RESULTS[f"xla_attention_telemetry_{name}_tok_s"] = max(rs)
         finally:
             attention_kernel.supported = kernel_supported
-            _decode.clear_cache()
+            decode_chunk.clear_cache()
 
     def transformers() -> None:
         hf = transformers_generate(m, ids)

@@ -4,15 +4,24 @@ A directory holds ``config.json`` and one ``model.safetensors`` or several shard
 ``model.safetensors.index.json``. Tensor names are transformers 5.x's
 (``model.language_model.layers.0.self_attn.q_proj.weight``, ``model.visual.blocks.0...``,
 ``lm_head.weight``); the older spelling (``model.layers...``, ``visual...``) is accepted.
-Our parameters carry the same names and shapes; the per-layer tensors of
-``language_model.layers`` and ``visual.blocks`` are stacked ``[layers, ...]``.
+Our parameters carry the same names and shapes; only the vision tower's blocks are stacked
+``[depth, ...]`` (``visual.blocks``).
 
-Every failure raises ``CheckpointError`` with one line naming the file or tensor.
+Loading streams: every parameter is read from the memory-mapped files into its final
+array, one at a time, so the host holds at most one tensor besides the model. Each array
+is placed by ``place(shape, dtype, read)`` (one device by default; ``read(index)`` reads any
+slice of it, so a sharded placement reads only each device's part). Every failure raises
+``CheckpointError`` with one line naming the file or tensor.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import functools
 import json
+import math
+from collections.abc import Callable
 from pathlib import Path
 
 import jax
@@ -26,11 +35,34 @@ from model.config import ConfigError, Qwen3VLConfig
 from model.qwen3_vl import Qwen3VL, build
 
 INDEX_FILE = "model.safetensors.index.json"
-STACKED = (("language_model", "layers"), ("visual", "blocks"))  # param paths with a layer axis
+STACKED = ("visual", "blocks")  # the parameters with a leading block axis
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+_SAFETENSORS_DTYPES = {"F32": "float32", "BF16": "bfloat16", "F16": "float16"}
 
 
 class CheckpointError(ValueError):
     """A checkpoint directory that cannot be loaded: missing, malformed, or not Qwen3-VL."""
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadProgress:
+    """How far a load is: bytes of parameters (in the chosen dtype) placed of the total,
+    checkpoint files done, and the largest host array read at once (one tensor or slice)."""
+
+    bytes_loaded: int
+    bytes_total: int
+    files_done: int
+    files: int
+    largest_read: int
+
+
+Read = Callable[[tuple[slice, ...]], np.ndarray]
+Place = Callable[[tuple[int, ...], np.dtype, Read], jax.Array]
+
+
+def place_on_one_device(shape: tuple[int, ...], dtype, read: Read) -> jax.Array:
+    """The default placement: the whole array on the default device."""
+    return jax.device_put(read(tuple(slice(0, n) for n in shape)))
 
 
 def hf_name(path: tuple, layer: int | None = None) -> str:
@@ -51,7 +83,7 @@ def _canonical(name: str) -> str:
     return name
 
 
-def _read_config(path: Path) -> Qwen3VLConfig:
+def _read_config(path: Path) -> tuple[Qwen3VLConfig, dict]:
     if not path.exists():
         raise CheckpointError(f"{path}: no such directory")
     if not path.is_dir():
@@ -60,7 +92,7 @@ def _read_config(path: Path) -> Qwen3VLConfig:
     if not config_file.is_file():
         raise CheckpointError(f"{path}: no config.json")
     try:
-        return Qwen3VLConfig.from_json(config_file)
+        return Qwen3VLConfig.from_json(config_file), json.loads(config_file.read_text())
     except ConfigError as e:
         msg = str(e) if str(e).startswith(str(config_file)) else f"{config_file}: {e}"
         raise CheckpointError(msg) from None
@@ -85,60 +117,150 @@ def _tensor_files(path: Path) -> list[Path]:
     return files
 
 
-class _Slot:
-    """Where a checkpoint tensor goes: a parameter array and, if stacked, its layer index."""
-
-    def __init__(self, array: np.ndarray, layer: int | None):
-        self.array, self.layer = array, layer
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return self.array.shape[1:] if self.layer is not None else self.array.shape
-
-    def fill(self, value: np.ndarray) -> None:
-        if self.layer is None:
-            self.array[...] = value
-        else:
-            self.array[self.layer] = value
+@dataclasses.dataclass(frozen=True)
+class _Tensor:
+    file: int  # index into the checkpoint's files
+    name: str  # as written in the file
+    shape: tuple[int, ...]
+    dtype: str  # safetensors' spelling, e.g. "BF16"
 
 
-def load_pretrained(path, dtype=jnp.float32) -> Qwen3VL:
-    """Load a Hugging Face Qwen3-VL checkpoint directory; parameters cast to ``dtype``."""
-    path = Path(path)
-    config = _read_config(path)
-    files = _tensor_files(path)
-    abstract = nnx.eval_shape(lambda: Qwen3VL(config, dtype=dtype, rngs=nnx.Rngs(0)))
-    arrays, slots = {}, {}
-    for key, var in nnx.to_flat_state(nnx.state(abstract)):
-        arrays[key] = np.empty(var.shape, dtype=var.dtype)
-        n = var.shape[0] if key[:2] in STACKED else None
-        for layer in range(n) if n is not None else [None]:
-            slots[hf_name(key, layer)] = _Slot(arrays[key], layer)
-
-    for file in files:
+def _tensors(files: list[Path], handles: list) -> dict[str, _Tensor]:
+    """Every tensor of the checkpoint by canonical name, from the files' headers."""
+    tensors = {}
+    for i, (file, f) in enumerate(zip(files, handles, strict=True)):
         try:
-            with safetensors.safe_open(file, framework="np") as f:
-                for name in f.keys():  # noqa: SIM118 - safe_open is not a mapping
-                    slot = slots.pop(_canonical(name), None)
-                    if slot is None:
-                        continue  # e.g. lm_head.weight of a tied checkpoint
-                    tensor = f.get_tensor(name)
-                    if tuple(tensor.shape) != slot.shape:
-                        raise CheckpointError(
-                            f"{file}: tensor {name} has shape {list(tensor.shape)}, "
-                            f"expected {list(slot.shape)}"
-                        )
-                    slot.fill(tensor.astype(slot.array.dtype))
+            for name in f.keys():  # noqa: SIM118 - safe_open is not a mapping
+                info = f.get_slice(name)
+                tensors[_canonical(name)] = _Tensor(
+                    i, name, tuple(info.get_shape()), info.get_dtype()
+                )
         except safetensors.SafetensorError as e:
             raise CheckpointError(f"{file}: not a readable safetensors file ({e})") from None
-        except OSError as e:
-            raise CheckpointError(f"{file}: unreadable ({e})") from None
-    if slots:
-        missing = sorted(slots)
-        more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
-        raise CheckpointError(f"{path}: missing tensor {missing[0]}{more}")
+    return tensors
 
-    return build(config, dtype, lambda key, shape, dtype: arrays[key])
+
+def checkpoint_dtype(path) -> str:
+    """The dtype a checkpoint directory's parameters are stored in: ``config.json``'s
+    ``dtype`` (or ``torch_dtype``), else that of its first floating-point tensor."""
+    path = Path(path)
+    _, raw = _read_config(path)
+    for d in (raw, raw.get("text_config") or {}):
+        for key in ("dtype", "torch_dtype"):
+            if d.get(key) in DTYPES:
+                return d[key]
+    files = _tensor_files(path)
+    with contextlib.ExitStack() as stack:
+        handles = [_open(f, stack) for f in files]
+        for t in _tensors(files, handles).values():
+            if t.dtype in _SAFETENSORS_DTYPES:
+                return _SAFETENSORS_DTYPES[t.dtype]
+    raise CheckpointError(f"{path}: no floating-point tensor to take the dtype from")
+
+
+def _open(file: Path, stack: contextlib.ExitStack):
+    try:
+        return stack.enter_context(safetensors.safe_open(file, framework="np"))
+    except safetensors.SafetensorError as e:
+        raise CheckpointError(f"{file}: not a readable safetensors file ({e})") from None
+    except OSError as e:
+        raise CheckpointError(f"{file}: unreadable ({e})") from None
+
+
+def load_pretrained(
+    path,
+    dtype="auto",
+    *,
+    place: Place = place_on_one_device,
+    on_progress: Callable[[LoadProgress], None] | None = None,
+) -> Qwen3VL:
+    """Load a Hugging Face Qwen3-VL checkpoint directory.
+
+    Args:
+        dtype: the parameters' dtype: ``"auto"`` (the checkpoint's own, ``checkpoint_dtype``,
+            as transformers' ``torch_dtype="auto"``), ``"bfloat16"``, ``"float32"`` or a
+            numpy / JAX dtype.
+        place: builds each parameter's array from ``read(index)`` (module docstring).
+        on_progress: called after each parameter with the ``LoadProgress`` so far.
+    Returns:
+        the model.
+    """
+    path = Path(path)
+    config, _ = _read_config(path)
+    if dtype == "auto":
+        dtype = checkpoint_dtype(path)
+    dtype = jnp.dtype(DTYPES.get(dtype, dtype) if isinstance(dtype, str) else dtype)
+    files = _tensor_files(path)
+    abstract = nnx.eval_shape(lambda: Qwen3VL(config, dtype=dtype, rngs=nnx.Rngs(0)))
+    params = {key: var for key, var in nnx.to_flat_state(nnx.state(abstract))}
+    with contextlib.ExitStack() as stack:
+        handles = [_open(f, stack) for f in files]
+        tensors = _tensors(files, handles)
+        sources = {key: _sources(key, var.shape, tensors, files) for key, var in params.items()}
+        reader = _Reader(handles, files, dtype)
+        total = sum(math.prod(var.shape) for var in params.values()) * dtype.itemsize
+        loaded = 0
+        arrays = {}
+        for key in sorted(params, key=lambda key: sources[key][0].file):
+            read = functools.partial(reader.read, sources[key], key[:2] == STACKED)
+            arrays[key] = place(params[key].shape, dtype, read)
+            loaded += math.prod(params[key].shape) * dtype.itemsize
+            if on_progress is not None:
+                done = sources[key][0].file  # files before this one are done
+                on_progress(LoadProgress(loaded, total, done, len(files), reader.largest))
+        if on_progress is not None:
+            on_progress(LoadProgress(loaded, total, len(files), len(files), reader.largest))
+    return build(config, dtype, lambda key, shape, dtype: arrays.pop(key))
+
+
+def _sources(key: tuple, shape: tuple[int, ...], tensors: dict, files: list[Path]) -> list:
+    """The checkpoint tensors of our parameter ``key`` (one per block for stacked ones),
+    checked for presence and shape."""
+    stacked = key[:2] == STACKED
+    names = [hf_name(key, i) for i in range(shape[0])] if stacked else [hf_name(key)]
+    want = shape[1:] if stacked else shape
+    found = []
+    for name in names:
+        t = tensors.get(name)
+        if t is None:
+            missing = sorted(n for n in names if n not in tensors)
+            more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
+            raise CheckpointError(f"{files[0].parent}: missing tensor {missing[0]}{more}")
+        if t.shape != tuple(want):
+            raise CheckpointError(
+                f"{files[t.file]}: tensor {t.name} has shape {list(t.shape)}, "
+                f"expected {list(want)}"
+            )
+        found.append(t)
+    return found
+
+
+class _Reader:
+    """Reads slices of parameters from the open checkpoint files, in the load's dtype, and
+    notes the largest host array it made (the loader's staging, one slice at a time)."""
+
+    def __init__(self, handles: list, files: list[Path], dtype: np.dtype) -> None:
+        self.handles, self.files, self.dtype = handles, files, dtype
+        self.largest = 0
+
+    def read(self, tensors: list[_Tensor], stacked: bool, index: tuple[slice, ...]):
+        """The slice ``index`` of a parameter from its tensors (one, or one per block)."""
+        try:
+            if stacked:
+                raw = np.stack([self._get(t, index[1:]) for t in tensors[index[0]]])
+            else:
+                (t,) = tensors
+                raw = self._get(t, index)
+        except safetensors.SafetensorError as e:
+            file = self.files[tensors[0].file]
+            raise CheckpointError(f"{file}: not a readable safetensors file ({e})") from None
+        value = raw.astype(self.dtype, copy=False)
+        staged = raw.nbytes + (value.nbytes if value is not raw else 0)
+        self.largest = max(self.largest, staged)
+        return value
+
+    def _get(self, t: _Tensor, index: tuple[slice, ...]) -> np.ndarray:
+        return self.handles[t.file].get_slice(t.name)[index]
 
 
 def save_pretrained(m: Qwen3VL, path) -> None:
@@ -149,7 +271,7 @@ def save_pretrained(m: Qwen3VL, path) -> None:
     tensors = {}
     for key, var in nnx.to_flat_state(nnx.state(m, nnx.Param)):
         value = np.asarray(jax.device_get(var.get_value()))
-        if key[:2] in STACKED:
+        if key[:2] == STACKED:
             for layer in range(value.shape[0]):
                 tensors[hf_name(key, layer)] = np.ascontiguousarray(value[layer])
         else:

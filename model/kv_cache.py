@@ -47,9 +47,9 @@ class KVCache:
     def capacity(self) -> int:
         return self.vision.shape[1]
 
-    def write_prompt(self, k: jax.Array, v: jax.Array, vision: jax.Array, length) -> KVCache:
-        """Store a prompt's ``k, v [L, B, Hkv, T, hd]`` and ``vision [B, T]`` at positions
-        ``[0, T)``; ``length <= T`` tokens of it are real (the rest is padding)."""
+    def write_prompt(self, k, v, vision: jax.Array, length) -> KVCache:
+        """Store a prompt's keys and values ``L x [B, Hkv, T, hd]`` and ``vision [B, T]`` at
+        positions ``[0, T)``; ``length <= T`` tokens of it are real (the rest is padding)."""
 
         def write(buffers, new):
             start = (0, 0, 0, 0)
@@ -60,7 +60,7 @@ class KVCache:
 
         return KVCache(
             k=write(self.k, k),
-            v=write(self.v, jnp.swapaxes(v, -1, -2)),
+            v=write(self.v, [jnp.swapaxes(layer, -1, -2) for layer in v]),
             vision=jax.lax.dynamic_update_slice(self.vision, vision, (0, 0)),
             length=jnp.asarray(length, jnp.int32),
         )

@@ -1,12 +1,12 @@
 """Building blocks in Hugging Face's parameter layout, and layers stacked for ``lax.scan``.
 
 Every parameter keeps the name and shape transformers gives it (``Linear.weight`` is
-``[out, in]``), so a checkpoint tensor ``model.language_model.layers.3.mlp.up_proj.weight``
-is the ``mlp.up_proj.weight`` of the stacked layers at index 3, copied without reshaping.
+``[out, in]``), so a checkpoint tensor is read into it without reshaping.
 
-Layers of one kind are created with ``stack(make, n, rngs)``: their parameters carry a
-leading ``[n, ...]`` axis, and ``scan(stack, body, carry, xs)`` runs them in a single
-compiled loop (one layer compiled, not ``n``).
+The vision tower's blocks are created with ``stack(make, n, rngs)``: their parameters carry
+a leading ``[n, ...]`` axis (``model.visual.blocks.3.mlp...`` is index 3 of it), and
+``scan(stack, body, carry, xs)`` runs them in a single compiled loop (one block compiled,
+not ``n``).
 """
 
 from __future__ import annotations

@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from model.attention import cached_attention
-from model.decode.forward import CHUNK, layer_modules, unstack_layers
+from model.decode.forward import CHUNK
 from model.kv_cache import KVCache
 from model.qwen3_vl import Qwen3VL, merge, split
 from model.rope import apply_rotary
@@ -44,17 +44,17 @@ def _mrope(graph, weights, positions, q, k):
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _qkv(graph, weights, layer_weights, x):
-    layers = layer_modules(merge(graph, weights), layer_weights)
+def _qkv(graph, weights, x):
+    layers = merge(graph, weights).language_model.layers
     return [layer.self_attn.project(layer.input_layernorm(x)) for layer in layers]
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _attention(graph, weights, layer_weights, q, cache: KVCache, recent: KVCache):
+def _attention(graph, weights, q, cache: KVCache, recent: KVCache):
     """The decode's attention: over ``cache`` up to its length and the chunk's ``recent``."""
     before = jnp.arange(cache.capacity) < cache.length
     so_far = jnp.arange(recent.capacity) <= recent.length
-    layers = layer_modules(merge(graph, weights), layer_weights)
+    layers = merge(graph, weights).language_model.layers
     outs = []
     for index, layer in enumerate(layers):
         out, *_ = cached_attention(
@@ -121,7 +121,6 @@ def _measure(graph, weights, m, batch, capacity, sampling, repeats) -> dict[str,
         return jnp.asarray(rng.standard_normal(shape, np.float32), m.dtype)
 
     nl, hq, hkv, hd = t.num_hidden_layers, t.num_attention_heads, t.num_key_value_heads, t.head_dim
-    layer_weights = unstack_layers(graph, weights)
     positions = np.full((3, batch, 1), capacity // 2, np.int32)
     x = normal(batch, 1, t.hidden_size)
     q, k, v = normal(batch, 1, hq, hd), normal(batch, hkv, 1, hd), normal(batch, hkv, 1, hd)
@@ -143,10 +142,8 @@ def _measure(graph, weights, m, batch, capacity, sampling, repeats) -> dict[str,
     params = sampling.arrays()
     return {
         "mrope": _median_ms(lambda: _mrope(graph, weights, positions, q_all, k_all), repeats),
-        "qkv": _median_ms(lambda: _qkv(graph, weights, layer_weights, x), repeats),
-        "attention": _median_ms(
-            lambda: _attention(graph, weights, layer_weights, q, cache, recent), repeats
-        ),
+        "qkv": _median_ms(lambda: _qkv(graph, weights, x), repeats),
+        "attention": _median_ms(lambda: _attention(graph, weights, q, cache, recent), repeats),
         "kv_write": _median_ms(write, repeats),
         "sample": _median_ms(
             lambda: _sample(graph, weights, x[:, 0], jax.random.key(0), params), repeats

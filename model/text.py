@@ -13,6 +13,7 @@ full-sequence forward here (causal, in blocks of queries) and the cached decode 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import jax
@@ -102,18 +103,22 @@ class DecoderLayer(nnx.Module):
 
 # observe(carry, layer_index, start, probs [B, Hq, Tb, Tw]) -> carry: reduces the attention
 # weights of queries start .. start + Tb - 1 over keys 0 .. Tw - 1 while they exist
-Observer = Callable[[object, jax.Array, jax.Array, jax.Array], object]
+Observer = Callable[[object, int, jax.Array, jax.Array], object]
 
 
 class TextModel(nnx.Module):
+    """The decoder. Its layers are separate modules, each with its own parameters: the
+    prefill runs them one after the other, and so does every decode step, over the same
+    arrays (a stacked ``[L, ...]`` copy would have to be sliced, that is copied, for every
+    layer of every decode step)."""
+
     def __init__(self, cfg: TextConfig, *, dtype, rngs: nnx.Rngs):
         d = cfg.hidden_size
         self.embed_tokens = layers.Embedding(cfg.vocab_size, d, dtype=dtype, rngs=rngs)
-        self.layers = layers.stack(
-            lambda r: DecoderLayer(cfg, dtype=dtype, rngs=r), cfg.num_hidden_layers, rngs
+        self.layers = nnx.List(
+            [DecoderLayer(cfg, dtype=dtype, rngs=rngs) for _ in range(cfg.num_hidden_layers)]
         )
         self.norm = layers.RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps, dtype=dtype)
-        self.num_layers = cfg.num_hidden_layers
 
     def __call__(
         self,
@@ -124,31 +129,30 @@ class TextModel(nnx.Module):
         observe: Observer | None = None,
         observed=None,
     ):
-        """Full-sequence causal forward of the embedded prompt ``x [B, T, D]``.
+        """Full-sequence causal forward of the embedded prompt.
 
-        ``deepstack [k, B, T, D]`` (zeros outside image tokens) is added after layers
-        ``0 .. k-1``. ``observe`` folds each layer's attention weights, block of queries by
-        block, into ``observed``.
-        Returns the normed hidden state ``[B, T, D]``, per-layer ``k, v [L, B, Hkv, T, hd]``
-        and the final ``observed``.
+        Args:
+            x: ``[B, T, D]`` the embedded prompt; ``cos, sin [B, T, head_dim]`` its mRoPE.
+            deepstack: ``[k, B, T, D]`` (zeros outside image tokens), added after layers
+                ``0 .. k-1``.
+            observe: folds each layer's attention weights, block of queries by block, into
+                ``observed``.
+        Returns:
+            the normed hidden state ``[B, T, D]``, every layer's keys and values ``L x [B,
+            Hkv, T, hd]`` (lists) and the final ``observed``.
         """
+        keys, values = [], []
+        for index, layer in enumerate(self.layers):
+            layer_observe = None
+            if observe is not None:
+                layer_observe = functools.partial(_observe_layer, observe, index)
+            x, k, v, observed = layer(x, cos, sin, layer_observe, observed)
+            if deepstack is not None and index < deepstack.shape[0]:
+                x = x + deepstack[index].astype(x.dtype)
+            keys.append(k)
+            values.append(v)
+        return self.norm(x), keys, values, observed
 
-        def body(layer, carry, extra):
-            h, obs = carry
-            index, add = extra
-            layer_observe = None if observe is None else (lambda c, s, p: observe(c, index, s, p))
-            h, k, v, obs = layer(h, cos, sin, layer_observe, obs)
-            if add is not None:
-                h = h + add
-            return (h, obs), (k, v)
 
-        n_deep = 0 if deepstack is None else deepstack.shape[0]
-        carry, kv_deep = (x, observed), None
-        if n_deep:
-            extra = (jnp.arange(n_deep), deepstack.astype(x.dtype))
-            carry, kv_deep = layers.scan(self.layers, body, carry, extra, stop=n_deep)
-        extra = (jnp.arange(n_deep, self.num_layers), None)
-        (h, observed), kv = layers.scan(self.layers, body, carry, extra, start=n_deep)
-        if kv_deep is not None:
-            kv = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), kv_deep, kv)
-        return self.norm(h), kv[0], kv[1], observed
+def _observe_layer(observe: Observer, index: int, carry, start, probs):
+    return observe(carry, index, start, probs)

@@ -6,27 +6,24 @@ A decode step writes its keys and values to a small cache of the chunk's own (``
 and attends over both caches at once (the main one up to the chunk's start, ``recent`` up
 to itself); the main cache is only read inside the chunk and receives the chunk's tokens at
 its end (``KVCache.append``): updating in place a buffer that the same loop iteration reads
-makes XLA copy it at every step. The layers run as an unrolled loop over per-layer weights
-(``unstack_layers``), since slicing stacked weights inside a compiled loop copies them at
-every step. On a GPU each layer's q/k norms, rotary, cache write and attention run as one
-Triton kernel (``model.attention_kernel``) where the shapes allow.
+makes XLA copy it at every step. The layers run as an unrolled loop over the decoder's
+per-layer weights, the same arrays as the prefill's (``model.text.TextModel``). On a GPU
+each layer's q/k norms, rotary, cache write and attention run as one Triton kernel
+(``model.attention_kernel``) where the shapes allow.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 
 import jax
 import jax.numpy as jnp
-from flax import nnx
 
 from model import attention_kernel
 from model.attention import cached_attention, pool_max
 from model.decode.summaries import Observations
 from model.kv_cache import KVCache
-from model.qwen3_vl import Qwen3VL, merge
-from model.text import DecoderLayer
+from model.qwen3_vl import Qwen3VL
 
 MAP_SIZE = 128  # prefill attention map resolution (at most MAP_SIZE x MAP_SIZE)
 CHUNK = 32  # most decode steps per compiled call: the chunk's own cache has this many slots
@@ -78,7 +75,7 @@ def prefill_forward(m: Qwen3VL, embeds, deepstack, positions, length, selection=
         positions: ``[3, B, Tp]`` mRoPE positions.
         selection: ``(sample, layer, head)`` to observe, or ``None`` for no telemetry.
     Returns:
-        logits ``[B, V]`` of position ``length - 1``, ``k, v [L, B, Hkv, Tp, hd]`` and the
+        logits ``[B, V]`` of position ``length - 1``, ``k, v L x [B, Hkv, Tp, hd]`` and the
         ``PrefillObservations`` (``None`` without a selection).
     """
     t = m.config.text
@@ -93,15 +90,11 @@ def prefill_forward(m: Qwen3VL, embeds, deepstack, positions, length, selection=
     return m.head(last), k, v, obs
 
 
-def step_forward(
-    m: Qwen3VL, layer_weights, cache: KVCache, recent: KVCache, tokens, deltas, sample=None
-):
+def step_forward(m: Qwen3VL, cache: KVCache, recent: KVCache, tokens, deltas, sample=None):
     """One decode step: ``tokens [B]`` (each row's newest token) enter at position
     ``cache.length + recent.length``.
 
     Args:
-        layer_weights: the decoder layers' parameters, one list per layer
-            (``unstack_layers``).
         cache: the tokens before the chunk, only read.
         recent: the chunk's own cache; this step's keys and values are written to it.
         deltas: ``[B]`` each row's mRoPE offset (``Prompt.deltas``).
@@ -116,7 +109,7 @@ def step_forward(
     cos, sin = m.cos_sin(jnp.broadcast_to((pos + deltas)[None, :, None], (3, len(deltas), 1)))
     attend = _step_attention(m.config.text, cache, cos, sin, sample is not None)
     observed = []
-    for index, layer in enumerate(layer_modules(m, layer_weights)):
+    for index, layer in enumerate(m.language_model.layers):
         out, probs, parts, recent = attend(layer, x, index, recent)
         if sample is not None:
             scores, top, lse = (part[sample, :, 0] for part in parts)
@@ -177,19 +170,3 @@ def _step_attention(cfg, cache: KVCache, cos, sin, with_parts: bool):
         return out, probs, parts, recent
 
     return attend
-
-
-def layer_modules(m: Qwen3VL, layer_weights) -> list[DecoderLayer]:
-    """One ``DecoderLayer`` per entry of ``unstack_layers``' output (inside jitted code)."""
-    graphdef, state = nnx.split(m.language_model.layers)
-    treedef = jax.tree.structure(state)
-    return [nnx.merge(graphdef, jax.tree.unflatten(treedef, w)) for w in layer_weights]
-
-
-@functools.partial(jax.jit, static_argnums=0)
-def unstack_layers(graph, weights) -> list[list[jax.Array]]:
-    """The decoder layers' stacked parameters as one list of arrays per layer: copies, the
-    decode step's weights, which take as much memory again as the decoder layers."""
-    _, state = nnx.split(merge(graph, weights).language_model.layers)
-    leaves = jax.tree.leaves(state)
-    return [[a[i] for a in leaves] for i in range(leaves[0].shape[0])]

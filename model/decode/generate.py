@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from model.decode import programs
-from model.decode.forward import CHUNK, MAP_SIZE, unstack_layers
+from model.decode.forward import CHUNK, MAP_SIZE
 from model.decode.programs import Stored
 from model.decode.schedule import Schedule, Tokens
 from model.decode.summaries import empty_store
@@ -176,7 +176,6 @@ def generate(
         return n
 
     graph, weights = split(m)
-    layer_weights = unstack_layers(graph, weights)
     start = time.perf_counter()
     embeds, deepstack, norms = encode(graph, weights, prompt)
     prompt = _repeat_rows(prompt, num_samples)
@@ -234,7 +233,6 @@ def generate(
         cache, stored, tokens, finished, results = programs.decode_chunk(
             graph,
             weights,
-            layer_weights,
             cache,
             stored,
             tokens,

@@ -152,7 +152,6 @@ class Carry(NamedTuple):
 def decode_chunk(
     graph,
     weights,
-    layer_weights,
     cache,
     stored,
     tokens,
@@ -194,9 +193,7 @@ def decode_chunk(
 
     def step(carry: Carry) -> Carry:
         i = carry.recent.length
-        logits, recent, obs = step_forward(
-            m, layer_weights, cache, carry.recent, carry.tokens, deltas, watched
-        )
+        logits, recent, obs = step_forward(m, cache, carry.recent, carry.tokens, deltas, watched)
         new, logp = sample(jax.random.fold_in(key, start + i), logits, params)
         finished = carry.finished | (new[:, None] == eos).any(-1)
         if telemetry:

@@ -25,7 +25,6 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from model import layers
 from model.attention import attention
 from model.config import Qwen3VLConfig
 from model.rope import get_rope_index
@@ -213,9 +212,8 @@ def forward_windows(m: nnx.Module, w: Windows) -> jax.Array:
     once for all the answers to it instead of once per answer."""
     x, deepstack = _embed(m, w.prompts)
     cos, sin = m.cos_sin(w.prompts.positions)
-    _, keys, values, _ = m.language_model(x, cos, sin, deepstack)  # [L, P, Hkv, T, hd]
-    keys, values = keys[:, w.prompt_of_row], values[:, w.prompt_of_row]  # [L, B, Hkv, T, hd]
-    width, length = w.input_ids.shape[1], keys.shape[3]
+    _, keys, values, _ = m.language_model(x, cos, sin, deepstack)  # L x [P, Hkv, T, hd]
+    width, length = w.input_ids.shape[1], keys[0].shape[2]
     prompt_mask = jnp.arange(length)[None, :] < w.start[:, None]  # [B, T]: before the window
     causal = jnp.tril(jnp.ones((width, width), bool))
     mask = jnp.concatenate(
@@ -227,15 +225,14 @@ def forward_windows(m: nnx.Module, w: Windows) -> jax.Array:
     )  # [B, W, T + W]
     cos, sin = m.cos_sin(w.positions)
 
-    def body(layer, h, kv):
-        q, k, v = layer.qkv(h, cos, sin)
-        out, _ = attention(
-            q, jnp.concatenate([kv[0], k], axis=2), jnp.concatenate([kv[1], v], axis=2), mask
-        )
-        return layer.finish(h, out), None
-
     text = m.language_model
-    h, _ = layers.scan(text.layers, body, text.embed_tokens(w.input_ids), (keys, values))
+    h = text.embed_tokens(w.input_ids)
+    for layer, prompt_k, prompt_v in zip(text.layers, keys, values, strict=True):
+        q, k, v = layer.qkv(h, cos, sin)
+        k = jnp.concatenate([prompt_k[w.prompt_of_row], k], axis=2)  # [B, Hkv, T + W, hd]
+        v = jnp.concatenate([prompt_v[w.prompt_of_row], v], axis=2)
+        out, _ = attention(q, k, v, mask)
+        h = layer.finish(h, out)
     return m.head(text.norm(h))
 
 

@@ -13,7 +13,7 @@ from model import attention_kernel
 from model.attention import QUERY_BLOCK
 from model.config import Qwen3VLConfig, TextConfig, VisionConfig
 from model.decode import CHUNK, MAP_SIZE, PROMPT_BUCKET, default_capacity, generate
-from model.decode.forward import prefill_forward, step_forward, unstack_layers
+from model.decode.forward import prefill_forward, step_forward
 from model.decode.generate import pad_prompt
 from model.decode.programs import decode_chunk, prefill
 from model.decode.summaries import summarize_later
@@ -34,14 +34,14 @@ def _prefill_logits(graph, weights, cache, embeds, deepstack, positions, length,
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _chunk_logits(graph, weights, layer_weights, cache, tokens, deltas):
+def _chunk_logits(graph, weights, cache, tokens, deltas):
     """Teacher-forced decode steps of ``tokens [B, n]`` as one chunk: logits ``[n, B, V]``
     and the cache with the chunk appended."""
     m = merge(graph, weights)
     recent = KVCache.create(m.config.text, tokens.shape[0], tokens.shape[1], m.dtype)
     logits = []
     for i in range(tokens.shape[1]):
-        step_logits, recent, _ = step_forward(m, layer_weights, cache, recent, tokens[:, i], deltas)
+        step_logits, recent, _ = step_forward(m, cache, recent, tokens[:, i], deltas)
         logits.append(step_logits)
     return jax.numpy.stack(logits), cache.append(recent)
 
@@ -84,7 +84,6 @@ def test_cached_decode_equals_full_forward(tiny_model, reference, with_image):
     prompt = pad_prompt(prompt, -(-length // PROMPT_BUCKET) * PROMPT_BUCKET)
     embeds, deepstack, _ = encode(graph, weights, prompt)
     cache = KVCache.create(m.config.text, 1, CAPACITY, m.dtype)
-    layers = unstack_layers(graph, weights)
     logits, cache = _prefill_logits(
         graph,
         weights,
@@ -98,7 +97,7 @@ def test_cached_decode_equals_full_forward(tiny_model, reference, with_image):
     np.testing.assert_allclose(np.asarray(logits)[0], full[length - 1], atol=1e-5)
     for i in range(0, n - 1, 3):  # chunks of 3, 3 and 1 steps
         chunk = new[:, i : min(i + 3, n - 1)]
-        logits, cache = _chunk_logits(graph, weights, layers, cache, chunk, prompt.deltas)
+        logits, cache = _chunk_logits(graph, weights, cache, chunk, prompt.deltas)
         np.testing.assert_allclose(
             np.asarray(logits)[:, 0], full[length + i : length + i + chunk.shape[1]], atol=1e-5
         )
