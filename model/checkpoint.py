@@ -228,8 +228,7 @@ def _sources(key: tuple, shape: tuple[int, ...], tensors: dict, files: list[Path
             raise CheckpointError(f"{files[0].parent}: missing tensor {missing[0]}{more}")
         if t.shape != tuple(want):
             raise CheckpointError(
-                f"{files[t.file]}: tensor {t.name} has shape {list(t.shape)}, "
-                f"expected {list(want)}"
+                f"{files[t.file]}: tensor {t.name} has shape {list(t.shape)}, expected {list(want)}"
             )
         found.append(t)
     return found
