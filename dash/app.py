@@ -27,6 +27,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
+from typing import Any
 
 import anyio
 import anyio.to_thread
@@ -62,12 +63,22 @@ class Options:
 class App:
     """One run of the dashboard around one rollout function."""
 
-    def __init__(self, rollout_fn: RolloutFn, options: Options = Options()) -> None:
+    def __init__(
+        self,
+        rollout_fn: RolloutFn,
+        options: Options = Options(),
+        *,
+        control: tm.RolloutControl | None = None,
+        meters: Callable[[], dict[str, Any]] | None = None,
+    ) -> None:
+        """``control`` replaces the rollout's own (an attached viewer's steers a producer);
+        ``meters()`` gives ``state.Meters`` fields of each frame (the viewer's link)."""
         self.rollout_fn = rollout_fn
         self.options = options
         self.view = state.View()
         self.ui = state.UiState(window=options.window)
-        self.control = tm.RolloutControl()
+        self.control = control or tm.RolloutControl()
+        self.extra_meters = meters
         self.dashboard = Dashboard()
         self.colors = theme.color_depth()
         self.status = "running"
@@ -206,6 +217,10 @@ class App:
             self.request_quit()
         elif command == "step":
             self.control.step_once()
+        elif command == "take_control":
+            take = getattr(self.control, "take_control", None)  # only a viewer's control
+            if take is not None:
+                take()
         else:
             before = self.ui
             self.ui = state.apply(self.ui, command, self.view)
@@ -223,7 +238,7 @@ class App:
             self._last_write = now
         counts = self.channel.counts()
         flash_period = 1.0 / self.options.flash_hz
-        return state.Meters(
+        meters = state.Meters(
             elapsed_s=now - self._start,
             sent=counts.sent,
             received=counts.received,
@@ -236,8 +251,13 @@ class App:
             replay=self.options.replay,
             colors=self.colors,
         )
+        if self.extra_meters is None:
+            return meters
+        return dataclasses.replace(meters, **self.extra_meters())
 
     def _show(self) -> None:
+        control = self.control
+        self.ui = state.follow(self.ui, control.selection, control.paused, self.view)
         self.dashboard.show(state.Frame(self.view, self.ui, self._meters()))
 
     def _redraw(self) -> None:
@@ -261,15 +281,22 @@ class App:
         self.view = state.reduce(self.view, tm.ErrorEvent(message, tb))
 
 
-def run(rollout_fn: RolloutFn, options: Options = Options()) -> int:
+def run(
+    rollout_fn: RolloutFn,
+    options: Options = Options(),
+    *,
+    control: tm.RolloutControl | None = None,
+    meters: Callable[[], dict[str, Any]] | None = None,
+) -> int:
     """Run the dashboard in this thread until the user quits; returns the exit code.
 
     While it runs, anything written to the terminal's stderr (warnings of the rollout's
     libraries) goes to a log file so it cannot tear the screen; a note names the file
     afterwards. If the rollout thread is stuck in a computation when the user forces the
-    exit (second Ctrl-C), the process exits without waiting for it.
+    exit (second Ctrl-C), the process exits without waiting for it. ``control`` and
+    ``meters``: see ``App``.
     """
-    app = App(rollout_fn, options)
+    app = App(rollout_fn, options, control=control, meters=meters)
     with _stderr_to_log() as log:
         code = anyio.run(app.run, backend="asyncio")
     if log is not None and os.path.getsize(log):

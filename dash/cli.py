@@ -45,6 +45,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--replay", metavar="FILE", help="play a recording")
     p.add_argument("--speed", type=float, default=1.0, metavar="X", help="replay speed")
     p.add_argument("--seed", type=int, default=0)
+    link = p.add_argument_group("a headless job and its viewers")
+    link.add_argument(
+        "--serve",
+        nargs="?",
+        const="",
+        metavar="ADDRESS",
+        help="run without a terminal and publish the telemetry on ADDRESS (tcp://HOST:PORT or"
+        " ipc://PATH; default: an ipc socket of yours)",
+    )
+    link.add_argument(
+        "--attach", nargs="?", const="", metavar="ADDRESS", help="show a run published by --serve"
+    )
+    link.add_argument(
+        "--allow-remote",
+        action="store_true",
+        help="--serve: bind a non-loopback address; viewers then need a CURVE key",
+    )
+    link.add_argument("--keys", metavar="DIR", help="--serve: the CURVE key directory")
+    link.add_argument("--key", metavar="KEY", help="--attach: the key --serve printed, or @FILE")
     return p
 
 
@@ -72,6 +91,14 @@ def _check(args: argparse.Namespace, parser: argparse.ArgumentParser) -> tuple[i
         )
     if args.record and args.replay and os.path.abspath(args.record) == os.path.abspath(args.replay):
         parser.error("--record would overwrite the --replay file")
+    if args.serve is not None and (args.snapshot or args.attach is not None):
+        parser.error("--serve runs headless; it cannot be combined with --snapshot or --attach")
+    if args.attach is not None and (args.model or args.replay or args.record or args.snapshot):
+        parser.error("--attach shows a --serve run: --model, --replay and --record go there")
+    if (args.allow_remote or args.keys) and args.serve is None:
+        parser.error("--allow-remote and --keys are for --serve")
+    if args.key and args.attach is None:
+        parser.error("--key is for --attach")
     return size
 
 
@@ -118,7 +145,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     size = _check(args, parser)
-    if not args.snapshot and not (sys.stdin.isatty() and sys.stdout.isatty()):
+    headless = args.snapshot or args.serve is not None
+    if not headless and not (sys.stdin.isatty() and sys.stdout.isatty()):
         print(
             f"{PROG}: not a terminal (stdin/stdout is not a TTY); use --snapshot to print one"
             " frame as text",
@@ -126,7 +154,10 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     from dash import app, record, snapshot, sources
+    from model.endpoint import AddressError
 
+    if args.attach is not None:
+        return _attach(args)
     loading = _Status(f"reading {args.replay}…" if args.replay else "loading the model…")
     try:
         rollout_fn, label = _source(args)
@@ -135,6 +166,22 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{PROG}: {e}", file=sys.stderr)
         return 2
     loading.clear()
+    if args.serve is not None:
+        from dash.serving import serve
+
+        try:
+            return serve(
+                rollout_fn,
+                args.serve or None,
+                record=args.record,
+                allow_remote=args.allow_remote,
+                keys=args.keys,
+                source=label,
+                recorded=bool(args.replay),
+            )
+        except AddressError as e:
+            print(f"{PROG}: --serve {e}", file=sys.stderr)
+            return 2
     if args.snapshot:
         text = snapshot.snapshot(
             rollout_fn,
@@ -154,9 +201,29 @@ def main(argv: list[str] | None = None) -> int:
         record=args.record,
         replay=bool(args.replay),
     )
+    return _guarded(app.run, rollout_fn, options)
+
+
+def _attach(args: argparse.Namespace) -> int:
+    from dash import app, attach
+    from model import endpoint
+
     try:
-        return app.run(rollout_fn, options)
-    except Exception as e:  # a bug of the dashboard itself: one line, the rest in a file
+        address = args.attach or endpoint.default_address()
+        endpoint.parse(address)
+        key = endpoint.viewer_key(args.key) if args.key else None
+    except endpoint.AddressError as e:
+        print(f"{PROG}: --attach {e}", file=sys.stderr)
+        return 2
+    options = app.Options(fps=args.fps, flash_hz=args.flash_hz, window=args.layers)
+    return _guarded(attach.run, address, key, options)
+
+
+def _guarded(run, *args) -> int:
+    """``run(*args)``; a bug of the dashboard itself gives one line, the rest in a file."""
+    try:
+        return run(*args)
+    except Exception as e:
         log_file = {"prefix": "qwen3vl-dash-", "suffix": ".log", "delete": False}
         with tempfile.NamedTemporaryFile("w", **log_file) as log:
             traceback.print_exc(file=log)

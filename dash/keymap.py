@@ -2,7 +2,8 @@
 hints are all generated from ``BINDINGS``.
 
 Each binding names a command; ``dash.state.apply`` carries out the commands that only
-change what is shown, ``dash.app`` the ones that reach the rollout (pause, step, quit).
+change what is shown, ``dash.app`` the ones that reach the rollout (pause, step, take
+control, quit).
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ BINDINGS: tuple[Binding, ...] = (
     Binding("traceback", ("t",), "t", "show / hide the rollout's traceback", "View"),
     Binding("pause", ("p",), "p", "pause / resume the rollout", "Rollout", "pause"),
     Binding("step", ("s",), "s", "one decode step while paused", "Rollout", "step"),
+    Binding("take_control", ("c",), "c", "take control of the producer (--attach)", "Rollout"),
     Binding("help", ("?",), "?", "this help", "App", "help"),
     Binding("close", ("esc",), "Esc", "close help / traceback", "App"),
     Binding("quit", ("q", "ctrl c"), "q Ctrl-C", "quit (stops the rollout)", "App", "quit"),

@@ -107,7 +107,15 @@ def _fold_phase(view: View, e: tm.PhaseEvent) -> View:
     return view
 
 
-def reduce(view: View, event: tm.Event) -> View:
+@dataclasses.dataclass(frozen=True)
+class Snapshot:
+    """A run's state as the events that give it, replacing the view: what an attached viewer
+    receives when it (re)joins a producer (``model.publish.LastValues``)."""
+
+    events: tuple[tm.Event, ...]
+
+
+def reduce(view: View, event: tm.Event | Snapshot) -> View:
     """The view after ``event``. Pure: ``view`` is not changed."""
     match event:
         case tm.RunInfo():
@@ -129,6 +137,8 @@ def reduce(view: View, event: tm.Event) -> View:
             return dataclasses.replace(view, credits={**kept, event.sample: event})
         case tm.ErrorEvent():
             return dataclasses.replace(view, error=event)
+        case Snapshot():
+            return reduce_all(View(), event.events)
     return view
 
 
@@ -214,6 +224,16 @@ def apply(ui: UiState, command: str, view: View) -> UiState:
     return ui
 
 
+def follow(ui: UiState, selection: tuple[int, int, int], paused: bool, view: View) -> UiState:
+    """The UI state showing the rollout's ``selection`` (sample, layer, head) and pause, as
+    its control holds them (an attached viewer shows the producer's). Pure."""
+    if ui.selection == tuple(selection) and ui.paused == paused:
+        return ui
+    sample, layer, head = selection
+    ui = dataclasses.replace(ui, sample=sample, head=head, paused=paused)
+    return _with_layer(ui, layer, max(_sizes(view)[0], layer + 1))
+
+
 def visible_layers(ui: UiState, num_layers: int, rows: int) -> range:
     """The layers a window panel with room for ``rows`` layer rows shows: the user's
     window, shrunk to fit, always containing the selected layer."""
@@ -243,6 +263,11 @@ class Meters:
     source: str = ""  # e.g. "replay run.jsonl x2", with skipped record count
     replay: bool = False  # recorded telemetry: attention rows exist only for recorded heads
     colors: int = 256  # colour depth of the screen
+    # an attached viewer (python -m dash --attach): its link to the producer
+    link: str = ""  # who this viewer is and who controls, or why nothing new arrives
+    link_ok: bool = True  # False: disconnected, refused, or another protocol version
+    socket_lost: int = 0  # messages the producer sent that never arrived (sequence gaps)
+    bad_messages: int = 0  # messages that did not decode, dropped
 
 
 @dataclasses.dataclass(frozen=True)

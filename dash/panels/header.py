@@ -1,5 +1,5 @@
 """The header bar: run identity, RL metrics, measured throughput, the app's meters and
-notices (random weights, pause, replay source)."""
+notices (an attached viewer's link to its producer, random weights, pause, replay source)."""
 
 from __future__ import annotations
 
@@ -72,6 +72,8 @@ def _metrics_row(frame: state.Frame, separator: str, brand: bool) -> Row:
 def _notices(frame: state.Frame, cols: int) -> Row:
     view, ui, meters = frame.view, frame.ui, frame.meters
     left: Row = [("header_dim", " ")]
+    if meters.link:
+        left.append(("header" if meters.link_ok else "header_warn", f"● {safe(meters.link)} "))
     if view.run is not None and view.run.random_init:
         left.append(("header_warn", "⚠ random weights (not a trained checkpoint) "))
     if meters.status != "running":
@@ -83,7 +85,13 @@ def _notices(frame: state.Frame, cols: int) -> Row:
     trend = sparkline(view.reward_history, 24)
     if trend:
         left += [("header_dim", "reward trend "), ("header", trend + " ")]
-    right: Row = [
+    right: Row = []
+    if meters.link:
+        right += [("header_dim", "socket lost "), ("header", str(meters.socket_lost))]
+        if meters.bad_messages:
+            right += [("header_dim", " · bad "), ("header", str(meters.bad_messages))]
+        right.append(("header_dim", " · "))
+    right += [
         ("header_dim", "dropped "),
         ("header", str(meters.dropped)),
         ("header_dim", " · received "),

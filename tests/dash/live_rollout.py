@@ -3,6 +3,9 @@ at a steady rate, honouring ``control.gate()`` and ``control.selection`` like a 
 rollout. Run as a script it shows them in the dashboard:
 
     python tests/dash/live_rollout.py [--rate HZ] [--fail-after N] [--stuck] [--facade S]
+        [--train-every N] [--serve [ADDRESS] [--record FILE]]
+
+With ``--serve`` it runs headless and publishes instead (``dash.serve``).
 """
 
 from __future__ import annotations
@@ -19,9 +22,12 @@ from model import telemetry as tm  # noqa: E402
 from tests.dash import events as ev  # noqa: E402
 
 
-def rollout(rate: float = 50.0, fail_after: int | None = None, stuck: bool = False):
-    """A rollout function emitting one decode step every 1 / ``rate`` seconds; it raises
-    at step ``fail_after``; a ``stuck`` one never returns (it ignores ``control``)."""
+def rollout(
+    rate: float = 50.0, fail_after: int | None = None, stuck: bool = False, train_every: int = 0
+):
+    """A rollout function emitting one decode step every 1 / ``rate`` seconds, and after
+    every ``train_every`` steps a train and a credit event (step k: reward k / 100); it
+    raises at step ``fail_after``; a ``stuck`` one never returns (it ignores ``control``)."""
 
     def run(sink, control: tm.RolloutControl) -> None:
         sink.emit(ev.run_info())
@@ -39,6 +45,10 @@ def rollout(rate: float = 50.0, fail_after: int | None = None, stuck: bool = Fal
             event = ev.decode(step % 200, f"w{step}", sample=sample, layer=layer, head=head)
             sink.emit(dataclasses.replace(event, first=step))
             step += 1
+            if train_every and step % train_every == 0:
+                update = step // train_every
+                sink.emit(ev.train(step=update, reward_mean=update / 100))
+                sink.emit(ev.credit(step=update, sample=sample))
             time.sleep(1.0 / rate)
 
     return run
@@ -88,10 +98,16 @@ def main() -> int:
     p.add_argument("--fail-after", type=int)
     p.add_argument("--stuck", action="store_true")
     p.add_argument("--facade", type=float, metavar="SECONDS", help="feed LiveTUI this long")
+    p.add_argument("--train-every", type=int, default=0, metavar="N")
+    p.add_argument("--serve", nargs="?", const="", metavar="ADDRESS", help="headless, published")
+    p.add_argument("--record", metavar="FILE", help="with --serve: also record")
     args = p.parse_args()
     if args.facade:
         return facade(args.facade)
-    return dash.run(rollout(args.rate, args.fail_after, args.stuck))
+    fn = rollout(args.rate, args.fail_after, args.stuck, args.train_every)
+    if args.serve is not None:
+        return dash.serve(fn, args.serve or None, record=args.record)
+    return dash.run(fn)
 
 
 if __name__ == "__main__":

@@ -50,7 +50,7 @@ def test_footer_hints_come_from_the_registry_and_merge_pairs():
 
 def test_view_commands_change_the_ui_state():
     # every command that is not handled by the app itself changes some UI state
-    app_commands = {"quit", "step", "close"}
+    app_commands = {"quit", "step", "take_control", "close"}
     view_commands = keymap.COMMANDS - app_commands
     start = UiState(layer=2, head=1, layer_top=1, window=3, sample=1)
     view = View(run=run_info())
