@@ -158,7 +158,7 @@ def server_keys(directory: str | Path | None = None) -> ServerKeys:
         key = _read_private(directory / "viewer.key").strip()
     except (OSError, ValueError) as e:
         raise AddressError(f"the keys in {directory}: {e}") from None
-    return ServerKeys(public, secret, frozenset(w.encode() for w in allowed), key, directory)
+    return ServerKeys(public, secret, allowed, key, directory)
 
 
 def _write_private(path: Path, text: str) -> None:

@@ -271,8 +271,8 @@ class Publisher:
         return command if self.keys is None else f"{command} --key {self.keys.attach_key}"
 
     def close(self) -> None:
-        """Stop the control thread and close the sockets (the last messages get
-        ``LINGER_MS`` to leave)."""
+        """Stop the control thread, close the sockets (the last messages get ``LINGER_MS``
+        to leave) and remove their files."""
         with self._lock:
             if self._closed:
                 return
@@ -281,6 +281,9 @@ class Publisher:
         self._thread.join()
         self._pub.close()
         self._stop_context()
+        for path in self.endpoints.files:  # ZeroMQ leaves the socket files behind
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
 
     def _stop_context(self) -> None:
         if self._auth is not None:
