@@ -100,8 +100,6 @@ class _Attached:
     """What the producer said of itself and of this viewer."""
 
     producer: int
-    source: str
-    recorded: bool
     viewer: int = 0  # this viewer's number
     viewers: int = 0
     controller: int | None = None
@@ -116,6 +114,7 @@ class Client:
         self.address = address
         self.key = key
         self.attached: _Attached | None = None
+        self.about: dict[str, Any] = {}  # the last producer's source and replay flag
         self.problem: str | None = None  # a refusal or version mismatch, until it clears
         self.was_attached = False
         self.socket_lost = 0
@@ -130,7 +129,7 @@ class Client:
 
     def meters(self) -> dict[str, Any]:
         attached, problem = self.attached, self.problem
-        fields: dict[str, Any] = {"socket_lost": self.socket_lost, "bad_messages": self.bad}
+        fields = {"socket_lost": self.socket_lost, "bad_messages": self.bad, **self.about}
         if problem is not None:
             return {**fields, "link": problem, "link_ok": False}
         if attached is None:
@@ -144,8 +143,7 @@ class Client:
         else:
             who = f"viewer {attached.controller} controls (c takes control)"
         text = f"viewer {attached.viewer} of {attached.viewers} · {who}"
-        fields.update(link=text, link_ok=True, source=attached.source, replay=attached.recorded)
-        return fields
+        return {**fields, "link": text, "link_ok": True}
 
     # --- the loop ---
 
@@ -291,7 +289,8 @@ class Client:
         source, recorded = body["source"], body["recorded"]
         if not (isinstance(source, str) and isinstance(recorded, bool)):
             raise TypeError("welcome")
-        self.attached = _Attached(_int(body["producer"]), source, recorded)
+        self.attached = _Attached(_int(body["producer"]))
+        self.about = {"source": source, "replay": recorded}
         self.problem = None
         self.was_attached = True
         self._asked_again = False

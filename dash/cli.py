@@ -99,7 +99,23 @@ def _check(args: argparse.Namespace, parser: argparse.ArgumentParser) -> tuple[i
         parser.error("--allow-remote and --keys are for --serve")
     if args.key and args.attach is None:
         parser.error("--key is for --attach")
+    _check_link(args, parser)
     return size
+
+
+def _check_link(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    """The --serve / --attach address and the --key, before anything loads."""
+    from model import endpoint
+
+    try:
+        if args.serve:
+            endpoint.check_bind(endpoint.parse(args.serve), args.allow_remote)
+        if args.attach:
+            endpoint.parse(args.attach)
+        if args.key:
+            endpoint.viewer_key(args.key)
+    except endpoint.AddressError as e:
+        parser.error(f"--{'serve' if args.serve else 'attach'} {e}")
 
 
 class _Status:
@@ -210,7 +226,6 @@ def _attach(args: argparse.Namespace) -> int:
 
     try:
         address = args.attach or endpoint.default_address()
-        endpoint.parse(address)
         key = endpoint.viewer_key(args.key) if args.key else None
     except endpoint.AddressError as e:
         print(f"{PROG}: --attach {e}", file=sys.stderr)

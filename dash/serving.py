@@ -43,8 +43,7 @@ def serve(
     )
     recorder = Recorder(record, publisher) if record else None
     sink = EventSink(recorder or publisher)
-    address = publisher.endpoints.address
-    print(f"telemetry on {address} · attach with: {publisher.attach_command()}", flush=True)
+    print(publisher.banner(), flush=True)
     stopped_by: list[int] = []
     try:
         with _stop_on_signals(publisher.control, stopped_by):

@@ -91,6 +91,15 @@ def parse(address: str) -> Endpoints:
     )
 
 
+def check_bind(endpoints: Endpoints, allow_remote: bool) -> None:
+    """Raise ``AddressError`` unless ``endpoints`` may be bound: loopback, or asked for."""
+    if not (endpoints.loopback or allow_remote):
+        raise AddressError(
+            f"{endpoints.address} is not a loopback address: binding it needs --allow-remote"
+            " (viewers then authenticate with CURVE keys)"
+        )
+
+
 def _loopback(host: str) -> bool:
     if host == "localhost":
         return True

@@ -62,14 +62,15 @@ HWM = 256  # messages queued per viewer before ZeroMQ drops
 VIEWER_TIMEOUT_S = 5.0  # a viewer pings twice a second; silent this long, it is forgotten
 POLL_MS = 100
 LINGER_MS = 500  # on close, how long the last messages may take to leave
-TRAIN_KEPT = 64  # updates kept for a late joiner's reward history
+TRAIN_KEPT = 256  # updates kept for a late joiner (the dashboard draws the last 256)
 TOKENS_KEPT = 256  # decoded tokens kept for a late joiner's generated text
 
 
 class LastValues:
     """The events a late joiner needs, with their sequence numbers: folded in order they give
     the state that folding every event gave (``dash.state.reduce``), except the attention of
-    decode chunks before the latest one, which is not kept."""
+    decode chunks before the latest one, which is not kept. Of an event type not named here
+    the last event is kept."""
 
     def __init__(self) -> None:
         self.clear()
@@ -84,6 +85,7 @@ class LastValues:
         self.train: collections.deque = collections.deque(maxlen=TRAIN_KEPT)
         self.credits: dict[int, tuple[int, tm.CreditEvent]] = {}  # by sample
         self.error: tuple[int, tm.ErrorEvent] | None = None
+        self.latest: dict[str, tuple[int, tm.Event]] = {}  # any other kind: its last event
 
     def add(self, seq: int, event: tm.Event) -> None:
         match event:
@@ -112,6 +114,8 @@ class LastValues:
                 self.credits[event.sample] = (seq, event)
             case tm.ErrorEvent():
                 self.error = (seq, event)
+            case _:
+                self.latest[event.kind] = (seq, event)
 
     def _clear_chunks(self) -> None:
         self.chunks.clear()
@@ -140,7 +144,7 @@ class LastValues:
         """``(seq, event)`` of every value kept, in the order they were emitted."""
         phases = [item for pair in self.phases.values() for item in pair]
         items = [self.run, self.prefill, self.profile, self.error, *phases]
-        items += [*self.chunks, *self.train, *self.credits.values()]
+        items += [*self.chunks, *self.train, *self.credits.values(), *self.latest.values()]
         return sorted((item for item in items if item is not None), key=lambda item: item[0])
 
 
@@ -196,11 +200,7 @@ class Publisher:
         recorded: bool = False,
     ) -> None:
         self.endpoints = endpoint.parse(address or endpoint.default_address())
-        if not (self.endpoints.loopback or allow_remote):
-            raise endpoint.AddressError(
-                f"{self.endpoints.address} is not a loopback address: binding it needs"
-                " --allow-remote (viewers then authenticate with CURVE keys)"
-            )
+        endpoint.check_bind(self.endpoints, allow_remote)
         self.control = control or tm.RolloutControl()
         self.producer = int.from_bytes(os.urandom(8), "big") >> 1
         self.keys = endpoint.server_keys(keys) if allow_remote else None
@@ -260,6 +260,10 @@ class Publisher:
 
     def counts(self) -> Counts:
         return Counts(self._seq, self._sent, len(self._viewers), self._bad_requests)
+
+    def banner(self) -> str:
+        """One line: where it listens and the command that attaches."""
+        return f"telemetry on {self.endpoints.address} · attach with: {self.attach_command()}"
 
     def attach_command(self) -> str:
         """The command line that attaches a viewer (a wildcard host named by this host's

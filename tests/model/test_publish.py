@@ -157,18 +157,18 @@ def test_last_values_are_bounded():
     cache.add(2, ev.prefill())
     for i in range(300):
         cache.add(3 + i, ev.decode(i))
-    for k in range(100):
+    for k in range(300):
         cache.add(400 + k, ev.train(step=k))
-    cache.add(600, ev.credit(step=7, sample=0))
-    cache.add(601, ev.credit(step=8, sample=1))
+    cache.add(800, ev.credit(step=7, sample=0))
+    cache.add(801, ev.credit(step=8, sample=1))
     events = [e for _, e in cache.events()]
     chunks = [e for e in events if isinstance(e, tm.DecodeChunk)]
     assert sum(map(len, chunks)) == publish.TOKENS_KEPT and chunks[-1].first == 299
     assert chunks[-1].attn_rows is not None and all(c.attn_rows is None for c in chunks[:-1])
     trains = [e for e in events if isinstance(e, tm.TrainEvent)]
-    assert len(trains) == publish.TRAIN_KEPT and trains[-1].step == 99
+    assert len(trains) == publish.TRAIN_KEPT and trains[-1].step == 299
     assert [e.step for e in events if isinstance(e, tm.CreditEvent)] == [8]
-    cache.add(700, ev.run_info(model_name="another"))  # a new run: nothing of the old one
+    cache.add(900, ev.run_info(model_name="another"))  # a new run: nothing of the old one
     assert [e for _, e in cache.events()] == [ev.run_info(model_name="another")]
 
 
