@@ -10,19 +10,21 @@ from pathlib import Path
 
 EMBEDDED = Path(__file__).resolve().parent.parent / "assets" / "tiny-qwen3vl"
 DEFAULT_PROMPT = "Describe the image."
+DEFAULT_CACHE = 1024  # KV cache slots of a --model run: its prompts and answers must fit
 
 
 class SourceError(ValueError):
     """Bad input for a rollout source; the message is one line for the user."""
 
 
-def _load(model_dir: Path):
-    """(model, processor) of a checkpoint directory, with one-line errors."""
+def _load(model_dir: Path, dtype: str = "auto", on_progress=None):
+    """(model, processor) of a checkpoint directory, with one-line errors; ``on_progress``
+    receives the loader's ``LoadProgress``."""
     import model
     from model.processor import Processor, ProcessorError
 
     try:
-        m = model.load_pretrained(model_dir)
+        m = model.load_pretrained(model_dir, dtype, on_progress=on_progress)
         processor = Processor.from_pretrained(model_dir)
     except (model.CheckpointError, ProcessorError) as e:
         raise SourceError(f"--model {model_dir}: {e}") from None
@@ -37,10 +39,15 @@ def model_source(
     max_new_tokens: int,
     temperature: float,
     seed: int,
+    dtype: str = "auto",
+    cache: int = DEFAULT_CACHE,
+    on_progress=None,
 ):
-    """Inference with a Hugging Face Qwen3-VL checkpoint directory."""
+    """Inference with a Hugging Face Qwen3-VL checkpoint directory, in ``dtype``: it answers
+    ``prompt``, then each prompt the viewer sends, with a KV cache of ``cache`` slots
+    (``model.rollout.answer_questions``)."""
     from model.processor import ProcessorError, load_image
-    from model.rollout import run_inference
+    from model.rollout import PromptError, Question, answer_questions, check_question
 
     path = Path(model_dir)
     if not path.exists():
@@ -53,19 +60,24 @@ def model_source(
             picture = load_image(image)
         except ProcessorError as e:
             raise SourceError(f"--image {image}: {e}") from None
-    m, processor = _load(path)
+    m, processor = _load(path, dtype, on_progress)
+    first = Question(prompt or DEFAULT_PROMPT, picture)
+    try:
+        check_question(processor, first, cache, max_new_tokens)
+    except PromptError as e:
+        raise SourceError(f"--prompt: {e} (--cache)") from None
     sampling = {"temperature": temperature, "max_new_tokens": max_new_tokens, "seed": seed}
 
     def run(sink, control) -> None:
-        run_inference(
+        answer_questions(
             m,
             processor,
-            prompt=prompt or DEFAULT_PROMPT,
-            image=picture,
+            first,
             sink=sink,
             control=control,
             sampling=sampling,
             max_new_tokens=max_new_tokens,
+            capacity=cache,
             model_name=Path(model_dir).resolve().name,
         )
 

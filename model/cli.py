@@ -17,6 +17,19 @@ COMMANDS = {
 }
 
 
+DTYPE_CHOICES = ("auto", "bfloat16", "float32")
+
+
+def add_dtype(parser: argparse.ArgumentParser) -> None:
+    """``--dtype``: the parameters' dtype (``model.checkpoint.load_pretrained``)."""
+    parser.add_argument(
+        "--dtype",
+        choices=DTYPE_CHOICES,
+        default="auto",
+        help="parameter dtype; auto (default) is the checkpoint's own",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m model", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -30,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--top-k", type=int, default=0, metavar="K", help="0 disables top-k")
     g.add_argument("--top-p", type=float, default=1.0, metavar="P")
     g.add_argument("--seed", type=int, default=0)
+    add_dtype(g)
 
     pt = sub.add_parser("pretrain", help="supervised pretraining of the embedded tiny model")
     pt.add_argument("--out", default="assets/tiny-qwen3vl", metavar="DIR")
@@ -41,6 +55,16 @@ def build_parser() -> argparse.ArgumentParser:
     rl.add_argument("--steps", type=int, default=50, metavar="N")
     rl.add_argument("--json", action="store_true", help="one JSON object per update")
     rl.add_argument("--seed", type=int, default=0)
+    rl.add_argument(
+        "--serve",
+        nargs="?",
+        const="",
+        metavar="ADDRESS",
+        help="also publish the telemetry for python -m dash --attach (default: an ipc socket)",
+    )
+    rl.add_argument("--allow-remote", action="store_true", help="--serve on a non-loopback address")
+    rl.add_argument("--keys", metavar="DIR", help="--serve --allow-remote: CURVE key directory")
+    add_dtype(rl)
     return p
 
 

@@ -21,7 +21,7 @@ def cli_main(args: argparse.Namespace) -> int:
         if args.max_new_tokens < 1:
             raise ValueError("--max-new-tokens must be >= 1")
         image = load_image(args.image) if args.image else None
-        m = load_pretrained(args.model)
+        m = load_pretrained(args.model, args.dtype)
         processor = Processor.from_pretrained(args.model)
         inputs = processor.prepare(args.prompt, [image] if image is not None else [])
     except (CheckpointError, ProcessorError, ValueError) as e:

@@ -61,6 +61,11 @@ class Processor:
                 raise ProcessorError(f"tokenizer has no {token} token")
         self.image_token_id = vocab[IMAGE_TOKEN]
         self.eos_token_ids = [vocab[t] for t in EOS_TOKENS if t in vocab]
+        # texts that tokenize as control tokens (chat turns, images), not as words
+        self.special_tokens = sorted(
+            {t.content for t in tokenizer.added_tokens_decoder.values() if t.special}
+            | set(tokenizer.all_special_tokens)
+        )
         self._texts: dict[int, str] = {}  # token_texts, by id
 
     @classmethod
@@ -96,6 +101,9 @@ class Processor:
         for token in (IMAGE_TOKEN, VISION_START_TOKEN, VISION_END_TOKEN):
             if token in prompt:
                 raise ProcessorError(f"prompt must not contain {token}; pass images instead")
+        for token in self.special_tokens:
+            if token in prompt:
+                raise ProcessorError(f"prompt must not contain the special token {token}")
         for image in images:
             if not isinstance(image, PIL.Image.Image):
                 raise ProcessorError(f"images must be PIL images, got {type(image).__name__}")

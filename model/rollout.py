@@ -4,7 +4,9 @@
 ``sink.emit``: ``RunInfo``; ``PhaseEvent`` prefill start; ``PhaseEvent`` prefill end and a
 ``PrefillEvent``; ``PhaseEvent`` decode start; the watched sample's tokens, one
 ``DecodeChunk`` per chunk of decode steps (the prefill's token alone first); ``PhaseEvent``
-decode end; a ``StepProfile`` of the decode step's stages.
+decode end; a ``StepProfile`` of the decode step's stages; and a ``compile`` phase around
+every program it compiles, whose time no other phase counts. ``answer_questions`` keeps the
+model loaded and answers one prompt after another as the viewer sends them.
 The viewer steers it through ``control`` (``RolloutControl``): the watched
 ``(sample, layer, head)`` is read before every chunk of decode steps and passed to the
 compiled decode, and ``control.gate()`` before every chunk pauses, single-steps (a chunk of
@@ -17,14 +19,18 @@ the watched sample's prefill and decode events.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+import dataclasses
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
 import PIL.Image
 
+from model import compile_clock
 from model import telemetry as tm
 from model.decode import Generation, PrefillTelemetry, default_capacity, generate
+from model.processor import ProcessorError, load_image
 from model.profile import profile_step
 from model.qwen3_vl import Qwen3VL
 from model.sampling import SamplingParams
@@ -112,7 +118,8 @@ def sample_watched(
     """Decode ``num_samples`` answers to one prepared prompt (``processor.prepare``
     output), publishing the watched sample's telemetry: ``PhaseEvent`` prefill start and end,
     ``PrefillEvent``, ``PhaseEvent`` decode start, one ``DecodeChunk`` per chunk of the
-    watched sample's tokens (``control.selection[0]``), ``PhaseEvent`` decode end."""
+    watched sample's tokens (``control.selection[0]``), ``PhaseEvent`` decode end; and a
+    ``compile`` phase before the prefill or a chunk whose programs compiled."""
     cfg = m.config
     ids = inputs["input_ids"]
     texts = processor.token_texts
@@ -130,7 +137,10 @@ def sample_watched(
             for span, grid in zip(spans, grids, strict=True)
         ]
 
+    compiling = CompilePhase(sink)
+
     def on_prefill(p: PrefillTelemetry) -> None:
+        compiling.close()
         sink.emit(tm.PhaseEvent(phase="prefill", active=False, elapsed_ms=p.elapsed_ms))
         sink.emit(
             tm.PrefillEvent(
@@ -153,26 +163,65 @@ def sample_watched(
         )
         sink.emit(tm.PhaseEvent(phase="decode", active=True, elapsed_ms=0.0))
 
+    def on_chunk(chunk: tm.DecodeChunk) -> None:
+        compiling.close()
+        sink.emit(chunk)
+
     sink.emit(tm.PhaseEvent(phase="prefill", active=True, elapsed_ms=0.0))
-    gen = generate(
-        m,
-        ids,
-        inputs["pixel_values"],
-        inputs["image_grid_thw"],
-        max_new_tokens=max_new_tokens,
-        sampling=sampling,
-        eos_token_ids=processor.eos_token_ids,
-        seed=seed,
-        num_samples=num_samples,
-        capacity=capacity,
-        control=control,
-        on_prefill=on_prefill,
-        on_chunk=sink.emit,
-        token_texts=texts,
-        episode=episode,
-    )
+    with compile_clock.watch(compiling.start):
+        gen = generate(
+            m,
+            ids,
+            inputs["pixel_values"],
+            inputs["image_grid_thw"],
+            max_new_tokens=max_new_tokens,
+            sampling=sampling,
+            eos_token_ids=processor.eos_token_ids,
+            seed=seed,
+            num_samples=num_samples,
+            capacity=capacity,
+            control=control,
+            on_prefill=on_prefill,
+            on_chunk=on_chunk,
+            token_texts=texts,
+            episode=episode,
+        )
+    compiling.close()
     sink.emit(tm.PhaseEvent(phase="decode", active=False, elapsed_ms=gen.decode_seconds * 1e3))
     return gen
+
+
+class CompilePhase:
+    """The ``compile`` phase of a rollout: it starts (``PhaseEvent`` active) when the thread
+    starts compiling and ends at the next ``close()``, with the seconds spent compiling
+    since its start (``model.compile_clock``), however many programs that took."""
+
+    def __init__(self, sink: tm.Sink) -> None:
+        self.sink = sink
+        self.since: float | None = None  # compile seconds at its start, while active
+
+    def start(self) -> None:
+        if self.since is None:
+            self.since = compile_clock.seconds()
+            self.sink.emit(tm.PhaseEvent(phase="compile", active=True))
+
+    def close(self) -> None:
+        if self.since is not None:
+            ms = 1e3 * (compile_clock.seconds() - self.since)
+            self.since = None
+            self.sink.emit(tm.PhaseEvent(phase="compile", active=False, elapsed_ms=ms))
+
+
+@contextlib.contextmanager
+def compile_phases(sink: tm.Sink) -> Iterator[CompilePhase]:
+    """Within the block, compiling publishes a ``compile`` phase (``CompilePhase``), which
+    ends at the block's end or at the caller's ``close()``."""
+    phase = CompilePhase(sink)
+    with compile_clock.watch(phase.start):
+        try:
+            yield phase
+        finally:
+            phase.close()
 
 
 def run_inference(
@@ -230,5 +279,102 @@ def run_inference(
         seed=seed,
     )
     n = int(gen.lengths[0])
-    sink.emit(profile_step(m, 1, capacity, length + n - 1, params))
+    with compile_phases(sink):
+        profile = profile_step(m, 1, capacity, length + n - 1, params)
+    sink.emit(profile)
     return gen.tokens[0, :n]
+
+
+class PromptError(ValueError):
+    """A prompt the model cannot answer as asked; the message is one line."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Question:
+    """A prompt and the image it is about (``None``: text only)."""
+
+    prompt: str
+    image: PIL.Image.Image | None
+
+
+def read_question(text: str, image: PIL.Image.Image | None) -> Question:
+    """The ``Question`` of a line typed by the user: its words, and after an ``@`` the path
+    of a new image (``@path/to/image.png`` anywhere in the line); without one, the
+    question keeps ``image``. Raises ``PromptError`` for an empty prompt or an unreadable
+    image."""
+    words, paths = [], []
+    for word in text.split():
+        (paths if word.startswith("@") and len(word) > 1 else words).append(word)
+    if len(paths) > 1:
+        raise PromptError("one @image per prompt")
+    if paths:
+        path = paths[0][1:]
+        try:
+            image = load_image(path)
+        except ProcessorError as e:
+            raise PromptError(f"@{path}: {e}") from None
+    if not words:
+        raise PromptError("type a prompt (and optionally @path/to/image)")
+    return Question(" ".join(words), image)
+
+
+def check_question(processor, question: Question, capacity: int, max_new_tokens: int) -> None:
+    """Raises ``PromptError`` when ``question`` cannot be answered within ``capacity``
+    cache slots or holds a special token of the model."""
+    try:
+        inputs = processor.prepare(question.prompt, [question.image] if question.image else [])
+    except ProcessorError as e:
+        raise PromptError(str(e)) from None
+    needed = inputs["input_ids"].shape[1] + max_new_tokens - 1
+    if needed > capacity:
+        raise PromptError(
+            f"the prompt takes {inputs['input_ids'].shape[1]} tokens and the answer up to "
+            f"{max_new_tokens}: more than the cache's {capacity} slots"
+        )
+
+
+def answer_questions(
+    m: Qwen3VL,
+    processor,
+    first: Question,
+    *,
+    sink: tm.Sink,
+    control: tm.RolloutControl,
+    sampling: Mapping[str, float],
+    max_new_tokens: int,
+    capacity: int,
+    model_name: str | None = None,
+) -> None:
+    """Answer ``first``, then every prompt the viewer sends (``control.next_prompt``, read
+    by ``read_question``) until stopped, each as ``run_inference`` does, one episode each.
+    The cache keeps ``capacity`` slots for all of them, so every answer runs the programs
+    the first one compiled (but for a prompt of another length bucket's prefill). A prompt
+    that cannot be answered gets a ``NoticeEvent`` saying why, and the model waits for
+    the next."""
+    question, episode = first, 0
+    while True:
+        run_inference(
+            m,
+            processor,
+            prompt=question.prompt,
+            image=question.image,
+            sink=sink,
+            control=control,
+            sampling=sampling,
+            max_new_tokens=max_new_tokens,
+            capacity=capacity,
+            episode=episode,
+            model_name=model_name,
+        )
+        while True:
+            text = control.next_prompt()
+            if text is None:
+                return
+            try:
+                asked = read_question(text, question.image)
+                check_question(processor, asked, capacity, max_new_tokens)
+            except PromptError as e:
+                sink.emit(tm.NoticeEvent(f"prompt refused: {e}"))
+                continue
+            question, episode = asked, episode + 1
+            break

@@ -8,6 +8,10 @@ viewer a few tokens at a time. Chunk ``c + 1`` is dispatched before chunk ``c``'
 are fetched, so the host's work on a chunk (unpacking, its callback) overlaps the device
 computing the next; while paused, the last computed chunk is delivered before waiting, so
 the viewer sees every step the device has run.
+
+A chunk's time runs from its dispatch, or from the previous chunk's fetch if that came
+later, to its own fetch. Time spent compiling in between (``model.compile_clock``) is no
+decode time: such a chunk's time is unknown (``None``) and does not size the next chunks.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from collections.abc import Callable, Iterator
 import jax
 import numpy as np
 
+from model import compile_clock
 from model.decode.forward import CHUNK
 from model.telemetry import RolloutControl
 
@@ -49,15 +54,15 @@ class Schedule:
     """The decode loop's chunks: ``chunks()`` yields each next chunk's size, the caller
     dispatches it and hands the selection it used and its device results to ``dispatched``.
     ``deliver(first, selection, results, seconds)`` is called for each chunk once its
-    results are on the host, in order, with the chunk's first step and wall time; it
-    returns the number of steps the chunk ran."""
+    results are on the host, in order, with the chunk's first step and time (``None`` when
+    it included compiling); it returns the number of steps the chunk ran."""
 
     def __init__(
         self,
         tokens: Tokens,
         max_new_tokens: int,
         control: RolloutControl | None,
-        deliver: Callable[[int, np.ndarray, tuple, float], int],
+        deliver: Callable[[int, np.ndarray, tuple, float | None], int],
     ) -> None:
         self.tokens = tokens
         self.max_new_tokens = max_new_tokens
@@ -65,9 +70,11 @@ class Schedule:
         self.deliver = deliver
         self.step = 1  # the next step to dispatch (step 0's token came from the prefill)
         self.steps_run = 0
-        self.step_seconds: float | None = None
-        self.start = self.last = time.perf_counter()
-        self._pending: tuple[int, np.ndarray, tuple] | None = None
+        self.step_seconds: float | None = None  # measured time per step
+        self.decode_seconds = 0.0  # the measured chunks' time
+        self.last = time.perf_counter()  # the previous fetch
+        self._compiled = compile_clock.seconds()  # this thread's compile time at that fetch
+        self._pending: tuple[int, np.ndarray, tuple, float] | None = None
 
     def chunks(self) -> Iterator[int]:
         while self.step < self.max_new_tokens and not self.tokens.finished.all():
@@ -88,11 +95,7 @@ class Schedule:
         for a in jax.tree.leaves(results):
             a.copy_to_host_async()
         self._fetch()
-        self._pending = (self.step, selection, results)
-
-    @property
-    def decode_seconds(self) -> float:
-        return self.last - self.start
+        self._pending = (self.step, selection, results, time.perf_counter())
 
     def _size(self) -> int:
         if (self.control is not None and self.control.paused) or self.step_seconds is None:
@@ -104,11 +107,14 @@ class Schedule:
     def _fetch(self) -> None:
         if self._pending is None:
             return
-        first, selection, results = self._pending
+        first, selection, results, dispatched = self._pending
         self._pending = None
         results = tuple(np.asarray(a) for a in jax.tree.leaves(results))
-        now = time.perf_counter()
-        n = self.deliver(first, selection, results, now - self.last)
-        if n:  # n == 0: dispatched before the last row's EOS was seen, nothing ran
-            self.step_seconds, self.last = (now - self.last) / n, now
-            self.steps_run += n
+        now, compiled = time.perf_counter(), compile_clock.seconds()
+        seconds = None if compiled > self._compiled else now - max(self.last, dispatched)
+        self.last, self._compiled = now, compiled
+        n = self.deliver(first, selection, results, seconds)
+        self.steps_run += n  # n == 0: dispatched after the last row's EOS, nothing ran
+        if n and seconds is not None:
+            self.step_seconds = seconds / n
+            self.decode_seconds += seconds

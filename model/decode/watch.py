@@ -31,7 +31,7 @@ class Watch:
         before: np.ndarray,
         first: int,
         selection,
-        elapsed_ms: float,
+        elapsed_ms: float | None,
     ) -> DecodeChunk | None:
         """The watched sample's tokens of a chunk of steps ``first, first + 1, ...``.
 
@@ -39,7 +39,7 @@ class Watch:
             columns: the chunk's ``Layout.unpack``, ``[n, ...]``.
             before: ``[n, B]`` whether each row had stopped before each step.
             selection: the ``(sample, layer, head)`` the chunk computed.
-            elapsed_ms: the chunk's wall time per step.
+            elapsed_ms: the chunk's time per step (``None``: unknown, it compiled).
         Returns:
             the ``DecodeChunk`` of the tokens the watched sample kept, ``None`` if it had
             stopped before the chunk.

@@ -42,13 +42,14 @@ import numpy as np
 import optax
 from flax import nnx
 
+from model import compile_clock
 from model import telemetry as tm
 from model.checkpoint import CheckpointError, load_pretrained
 from model.decode import Generation, default_capacity, generate
 from model.processor import Processor, ProcessorError
 from model.profile import profile_step
 from model.rl import grpo, policy
-from model.rollout import sample_watched
+from model.rollout import compile_phases, sample_watched
 from model.sampling import SamplingParams
 from model.tasks import Example, Task
 
@@ -170,13 +171,13 @@ class GRPOTrainer:
     def sample(self, inputs: dict, seed: int, **generate_kwargs) -> tuple[Generation, float]:
         """``group_size`` answers to one prepared prompt; returns them and the wall seconds."""
         s = self.settings
-        start = time.perf_counter()
+        start, compiled = time.perf_counter(), compile_clock.seconds()
         gen = generate(
             self.model, inputs["input_ids"], inputs["pixel_values"], inputs["image_grid_thw"],
             max_new_tokens=s.max_new_tokens, sampling=self.sampling,
             eos_token_ids=self.eos_ids, seed=seed, num_samples=s.group_size, **generate_kwargs,
         )  # fmt: skip
-        return gen, time.perf_counter() - start
+        return gen, _seconds_since(start, compiled)
 
     def rewards(self, task: Task, example: Example, gen: Generation):
         """The decoded answers ``[G]`` and their task rewards ``[G]``."""
@@ -251,19 +252,21 @@ class GRPOTrainer:
         if isinstance(sink, tm.NullSink):  # nobody watches: no telemetry, no profile
             first, seconds = self.sample(prompts[0], seeds[0], telemetry=False)
         else:
-            start = time.perf_counter()
+            start, compiled = time.perf_counter(), compile_clock.seconds()
             first = sample_watched(
                 self.model, self.processor, prompts[0], examples[0].image, sink=sink,
                 control=control, sampling=self.sampling, max_new_tokens=s.max_new_tokens,
                 capacity=self.capacity, episode=step, seed=seeds[0], num_samples=s.group_size,
             )  # fmt: skip
-            seconds = time.perf_counter() - start
+            seconds = _seconds_since(start, compiled)
             if control.stopped:
                 return None  # stopped while decoding: the group may be incomplete
             cache_len = first.prompt_length + int(first.lengths.max()) - 1
-            sink.emit(
-                profile_step(self.model, s.group_size, self.capacity, cache_len, self.sampling)
-            )
+            with compile_phases(sink):
+                profile = profile_step(
+                    self.model, s.group_size, self.capacity, cache_len, self.sampling
+                )
+            sink.emit(profile)
         generations = [first]
         if len(examples) > 1:
             with _phase(sink, "decode"):
@@ -307,12 +310,19 @@ class GRPOTrainer:
 
 @contextlib.contextmanager
 def _phase(sink: tm.Sink, phase: str):
-    """Emit a phase's start event, run the body, emit its end event with the wall time."""
+    """Emit a phase's start event, run the body, emit its end event with its wall time
+    less the time spent compiling, which a ``compile`` phase reports."""
     sink.emit(tm.PhaseEvent(phase=phase, active=True, elapsed_ms=0.0))
-    start = time.perf_counter()
-    yield
-    elapsed_ms = (time.perf_counter() - start) * 1e3
+    start, compiled = time.perf_counter(), compile_clock.seconds()
+    with compile_phases(sink):
+        yield
+    elapsed_ms = 1e3 * _seconds_since(start, compiled)
     sink.emit(tm.PhaseEvent(phase=phase, active=False, elapsed_ms=elapsed_ms))
+
+
+def _seconds_since(start: float, compiled: float) -> float:
+    """Wall seconds since ``start`` less this thread's compile seconds since ``compiled``."""
+    return time.perf_counter() - start - (compile_clock.seconds() - compiled)
 
 
 def rollout_metrics(
@@ -335,18 +345,64 @@ def cli_main(args: argparse.Namespace) -> int:
         print("python -m model rl: --steps must be at least 1", file=sys.stderr)
         return 2
     try:
-        m = load_pretrained(model_dir)
+        m = load_pretrained(model_dir, args.dtype)
         processor = Processor.from_pretrained(model_dir)
     except (CheckpointError, ProcessorError) as e:
         print(f"python -m model rl: {e}", file=sys.stderr)
         return 2
     trainer = GRPOTrainer(m, processor)
     task = Task("train", args.seed)
+    publisher = None
+    if args.serve is not None:
+        publisher = _publisher(args, trainer, model_dir)
+        if publisher is None:
+            return 2
+    try:
+        _train(args, trainer, task, publisher)
+    finally:
+        if publisher is not None:
+            publisher.close()
+    return 0
+
+
+def _publisher(args: argparse.Namespace, trainer: GRPOTrainer, model_dir: Path):
+    """``--serve``: a ``model.publish.Publisher`` that has announced the run (its one line
+    on stderr: stdout carries the updates), or None after a one-line error."""
+    from model.endpoint import AddressError
+    from model.publish import Publisher
+    from model.rollout import run_info
+
+    try:
+        publisher = Publisher(
+            args.serve or None, allow_remote=args.allow_remote, keys=args.keys, source="model rl"
+        )
+    except AddressError as e:
+        print(f"python -m model rl: --serve {e}", file=sys.stderr)
+        return None
+    s = trainer.settings
+    info = run_info(
+        trainer.model,
+        trainer.processor,
+        mode="grpo",
+        batch_size=s.group_size,
+        capacity=trainer.capacity,
+        sampling=trainer.sampling,
+        max_new_tokens=s.max_new_tokens,
+        model_name=model_dir.resolve().name,
+    )
+    publisher.emit(info)
+    print(publisher.banner(), file=sys.stderr, flush=True)
+    return publisher
+
+
+def _train(args: argparse.Namespace, trainer: GRPOTrainer, task: Task, publisher) -> None:
+    """``args.steps`` GRPO steps, one line (or JSON object) per update; with a publisher,
+    each step's telemetry is published and attached viewers steer the watched sample."""
+    sink = publisher or tm.NullSink()
+    control = publisher.control if publisher else tm.RolloutControl()
     for step in range(args.steps):
         start = time.perf_counter()
-        result = trainer.step(
-            task, step, seed=args.seed, sink=tm.NullSink(), control=tm.RolloutControl()
-        )
+        result = trainer.step(task, step, seed=args.seed, sink=sink, control=control)
         record = {
             "step": step + 1,
             **{k: round(result.metrics[k], 6) for k in METRIC_KEYS},
@@ -362,4 +418,3 @@ def cli_main(args: argparse.Namespace) -> int:
                 f"  {record['tokens_per_s']:.0f} tok/s",
                 flush=True,
             )
-    return 0

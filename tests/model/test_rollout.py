@@ -38,7 +38,11 @@ def test_event_sequence_and_contents(random_model, embedded_processor, image):
     model, processor = random_model, embedded_processor
     sink, control = Recorder(), tm.RolloutControl(layer=2, head=3)
     ids = _run(model, processor, image, sink, control, episode=4)
-    kinds = [e.kind for e in sink.events]
+    compiles = [e for e in sink.events if e.kind == "phase" and e.phase == "compile"]
+    assert [e.active for e in compiles] == [True, False] * (len(compiles) // 2)
+    assert len(compiles) <= 6  # one phase before the prefill, a chunk, the profile
+    events = [e for e in sink.events if e not in compiles]
+    kinds = [e.kind for e in events]
     n = len(ids)
     assert kinds == ["run", "phase", "phase", "prefill", "phase"] + ["decode"] * n + [
         "phase",
@@ -46,9 +50,10 @@ def test_event_sequence_and_contents(random_model, embedded_processor, image):
     ]
     # sent as one DecodeChunk per chunk of decode steps, the prefill's token first
     chunks = [e for e in sink.sent if isinstance(e, tm.DecodeChunk)]
-    assert [e.kind for e in sink.sent] == kinds[:5] + ["decode"] * len(chunks) + kinds[-2:]
+    sent = [e.kind for e in sink.sent if e not in compiles]
+    assert sent == kinds[:5] + ["decode"] * len(chunks) + kinds[-2:]
     assert len(chunks[0]) == 1 and sum(map(len, chunks)) == n and len(chunks) < n
-    phases = [(e.phase, e.active) for e in sink.of(tm.PhaseEvent)]
+    phases = [(e.phase, e.active) for e in sink.of(tm.PhaseEvent) if e not in compiles]
     assert phases == [("prefill", True), ("prefill", False), ("decode", True), ("decode", False)]
 
     (info,) = sink.of(tm.RunInfo)
@@ -129,3 +134,30 @@ def test_pause_single_step_and_stop(random_model, embedded_processor, image):
     assert [d.step for d in decodes] == [0, 1]
     assert (decodes[1].layer, decodes[1].head) == (2, 3)
     assert sink.events[-1].kind == "profile"
+
+
+def test_compile_time_is_reported_as_compile_never_as_decode_or_prefill(
+    random_model, embedded_processor, image
+):
+    """A first answer at a cache size nothing else uses compiles: the compile phases carry
+    that time, and the prefill and the steps that compiled report no time of their own; the
+    second answer compiles nothing and reports every time."""
+    runs = []
+    for _ in range(2):
+        sink = Recorder()
+        _run(random_model, embedded_processor, image, sink, tm.RolloutControl(), capacity=640)
+        runs.append(sink)
+    cold, warm = runs
+
+    def compiled_ms(sink):
+        return [e.elapsed_ms for e in sink.of(tm.PhaseEvent) if e.phase == "compile"]
+
+    def times(sink):
+        prefill = [e.elapsed_ms for e in sink.of(tm.PrefillEvent)]
+        return prefill + [t.elapsed_ms for t in sink.tokens()[1:]]
+
+    assert any(ms and ms > 0 for ms in compiled_ms(cold))
+    assert None in times(cold)  # the prefill and the first decode step compiled
+    assert compiled_ms(warm) == [] and None not in times(warm)
+    decode_end = [e for e in warm.of(tm.PhaseEvent) if e.phase == "decode" and not e.active]
+    assert decode_end[0].elapsed_ms > 0
