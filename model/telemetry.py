@@ -83,6 +83,9 @@ class ImageInfo:
     grid_thw: tuple[int, int, int]  # patch grid before the 2x2 merge
     merge_size: int  # spatial merge; merged grid is (t, h // m, w // m)
     pixels: np.ndarray | None = array(np.uint8, "h", "w", 3, default=None)  # thumbnail
+    # (row, column) of the merged cells holding what the question asks about, when the task
+    # knows it (ground truth shown next to the attention; the model never sees it)
+    target_cells: np.ndarray | None = array(np.int32, "m", 2, default=None)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -233,13 +236,17 @@ def _stack_one(value: Any) -> Any:
 
 @dataclasses.dataclass(frozen=True)
 class PhaseEvent:
-    """A phase of the loop started (``active``) or ended with its measured duration."""
+    """A phase of the loop (``PHASES``, in their order) started (``active``) or ended with
+    its measured duration; or ``compile``: XLA compiling a program, whose time is never
+    counted in another phase's."""
 
     kind: ClassVar[str] = "phase"
     PHASES: ClassVar[tuple[str, ...]] = ("prefill", "decode", "reward", "update")
     phase: str
     active: bool
-    elapsed_ms: float = 0.0  # 0 when it starts
+    elapsed_ms: float | None = 0.0  # 0 when it starts; None: unknown (it compiled)
+    done: int | None = None  # progress of an active phase: done of total items (prompts
+    total: int | None = None  # sampled, optimizer updates made)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -258,19 +265,48 @@ class StepProfile:
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class TrainEvent:
-    """One policy update."""
+    """One policy update: its rollouts and the optimizer's step. Names follow TRL's GRPO
+    metrics, ``/`` written ``_`` (``completions/mean_length`` is ``completions_mean_length``),
+    and verl's for the advantages and timings."""
 
     kind: ClassVar[str] = "train"
     step: int
     reward_mean: float
     reward_std: float | None = None
+    reward_by_type: dict[str, float] | None = None  # mean per reward function (task type)
+    frac_reward_zero_std: float | None = None  # groups whose rewards are all equal
+    completions_mean_length: float | None = None  # new tokens per answer, EOS included
+    completions_min_length: float | None = None
+    completions_max_length: float | None = None
+    completions_clipped_ratio: float | None = None  # answers cut by the token limit
     kl: float | None = None
     loss: float | None = None
-    clip_frac: float | None = None
+    clip_ratio: float | None = None  # tokens whose policy ratio the clip stopped
     entropy: float | None = None
     grad_norm: float | None = None
+    advantages_min: float | None = None
+    advantages_mean: float | None = None
+    advantages_max: float | None = None
     tokens_per_s: float | None = None  # decode throughput of this step's rollout
+    timing_s: dict[str, float] | None = None  # seconds per part of the step
     rewards: np.ndarray | None = array(np.float32, "G", default=None)  # each sample's reward
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class GroupEvent:
+    """The watched prompt's group: its ``G`` answers as the update scored them. The
+    per-token values are of the sampling policy, from the update's forward pass; an answer
+    ``i`` has ``n_i = len(tokens[i])`` tokens (EOS included), later columns are 0."""
+
+    kind: ClassVar[str] = "group"
+    step: int
+    question: str = ""  # untrusted
+    tokens: tuple[tuple[str, ...], ...]  # [G][n_i] token texts of each answer (untrusted)
+    rewards: np.ndarray = array(np.float32, "G")
+    advantages: np.ndarray = array(np.float32, "G")
+    truncated: np.ndarray | None = array(np.bool_, "G", default=None)  # no EOS: cut
+    logprobs: np.ndarray | None = array(np.float32, "G", "n", default=None)  # log-prob
+    entropies: np.ndarray | None = array(np.float32, "G", "n", default=None)  # nats
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -284,6 +320,14 @@ class CreditEvent:
     credits: np.ndarray = array(np.float32, "n")
     reward: float | None = None
     advantage: float | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class NoticeEvent:
+    """A one-line message for the viewer, e.g. why a prompt it sent was refused."""
+
+    kind: ClassVar[str] = "notice"
+    message: str  # untrusted
 
 
 @dataclasses.dataclass(frozen=True)
@@ -302,7 +346,9 @@ Event = (
     | PhaseEvent
     | StepProfile
     | TrainEvent
+    | GroupEvent
     | CreditEvent
+    | NoticeEvent
     | ErrorEvent
 )
 EVENT_TYPES: dict[str, type] = {cls.kind: cls for cls in typing.get_args(Event)}
@@ -323,13 +369,15 @@ class NullSink:
 
 class RolloutControl:
     """Thread-safe requests from the viewer to the rollout: pause, single step, stop,
-    and which (sample, layer, head) the device should send in full."""
+    which (sample, layer, head) the device should send in full, and a new prompt (for a
+    rollout that answers prompts: it ends the current answer)."""
 
     def __init__(self, layer: int = 0, head: int = 0, sample: int = 0) -> None:
         self._cond = threading.Condition()
         self._paused = False
         self._steps = 0
         self._stopped = False
+        self._prompt: str | None = None
         self.selection = (sample, layer, head)
 
     @property
@@ -359,18 +407,36 @@ class RolloutControl:
             self._stopped = True
             self._cond.notify_all()
 
+    def submit_prompt(self, text: str) -> None:
+        """Ask for an answer to ``text``: the current answer ends at its next gate."""
+        with self._cond:
+            self._prompt = text
+            self._cond.notify_all()
+
+    def next_prompt(self) -> str | None:
+        """Called by a rollout that answers prompts: waits for the next prompt and takes
+        it; ``None`` once stop was requested."""
+        with self._cond:
+            while self._prompt is None and not self._stopped:
+                self._cond.wait()
+            prompt, self._prompt = self._prompt, None
+            return None if self._stopped else prompt
+
     def gate(self) -> bool:
         """Called by the rollout before each decode step or chunk of steps (one step while
         paused): blocks while paused (unless a single step was granted) and returns False
-        once stop was requested."""
+        once stop was requested or a new prompt waits."""
         with self._cond:
-            while self._paused and self._steps == 0 and not self._stopped:
+            while self._paused and self._steps == 0 and not self._ended():
                 self._cond.wait()
-            if self._stopped:
+            if self._ended():
                 return False
             if self._paused:
                 self._steps -= 1
             return True
+
+    def _ended(self) -> bool:
+        return self._stopped or self._prompt is not None
 
 
 # --- records: the events as plain values ---------------------------------------------

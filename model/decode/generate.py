@@ -11,13 +11,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from model import compile_clock, sharding
 from model.decode import programs
 from model.decode.forward import CHUNK, MAP_SIZE
 from model.decode.programs import Stored
 from model.decode.schedule import Schedule, Tokens
 from model.decode.summaries import empty_store
 from model.decode.watch import TokenTexts, Watch
-from model.kv_cache import KVCache
+from model.distributed import SharedControl, several
 from model.qwen3_vl import Prompt, Qwen3VL, encode, prepare_prompt, split
 from model.sampling import GREEDY, SamplingParams
 from model.telemetry import DecodeChunk, HeadStats, RolloutControl
@@ -40,7 +41,7 @@ class PrefillTelemetry:
     cache_capacity: int
     vision_norm: float  # mean L2 norm of the merged image tokens (0 without images)
     text_norm: float  # mean L2 norm of the text token embeddings
-    elapsed_ms: float  # encode + prefill, wall time
+    elapsed_ms: float  # encode + prefill, wall time less the time spent compiling
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,7 +50,7 @@ class Generation:
     lengths: np.ndarray  # [B] int32 new tokens of each row (its EOS included; fewer if stopped)
     prompt_length: int
     steps: int  # decode steps run after the prefill
-    decode_seconds: float  # wall time of those steps
+    decode_seconds: float  # time of those steps, compiling and pauses left out
 
 
 def _round_up(n: int, m: int) -> int:
@@ -157,10 +158,12 @@ def generate(
     watch = Watch(layout, token_texts, frozenset(eos.tolist()), max_new_tokens, episode)
     tokens_kept = Tokens(batch, max_new_tokens, eos)
 
-    def selection() -> np.ndarray:
-        return _clamp_selection(control.selection if control else (0, 0, 0), batch, m)
+    def selection(count: int = 1) -> tuple[int, np.ndarray]:
+        """The next chunk's steps and the watched selection, the same on every process."""
+        sel = _clamp_selection(control.selection if control else (0, 0, 0), batch, m)
+        return control.agree(count, sel) if isinstance(control, SharedControl) else (count, sel)
 
-    def deliver(first: int, sel: np.ndarray, results: tuple, seconds: float) -> int:
+    def deliver(first: int, sel: np.ndarray, results: tuple, seconds: float | None) -> int:
         """Keep a chunk's tokens and send its telemetry; returns the steps it ran."""
         columns = layout.unpack(*results[:2]) if telemetry else {"tokens": results[0]}
         new = columns["tokens"]
@@ -170,21 +173,28 @@ def generate(
         before = tokens_kept.record(first, new[:n])
         if telemetry and on_chunk is not None:
             kept = {name: column[:n] for name, column in columns.items()}
-            chunk = watch.chunk(kept, before, first, sel, 1e3 * seconds / n)
+            step_ms = None if seconds is None else 1e3 * seconds / n
+            chunk = watch.chunk(kept, before, first, sel, step_ms)
             if chunk is not None:
                 on_chunk(chunk)
         return n
 
     graph, weights = split(m)
-    start = time.perf_counter()
+    mesh = sharding.mesh_of(weights)  # a model placed on a mesh decodes on it
+    sharding.check_batch(batch, mesh)
+    prefill = sharding.within(mesh, programs.prefill)
+    decode_chunk = sharding.within(mesh, programs.decode_chunk)
+    if control is None and several():
+        control = SharedControl()  # every process still sizes its chunks alike
+    start, compiled = time.perf_counter(), compile_clock.seconds()
     embeds, deepstack, norms = encode(graph, weights, prompt)
     prompt = _repeat_rows(prompt, num_samples)
     if num_samples > 1:
         embeds = jnp.repeat(embeds, num_samples, axis=0)
         deepstack = None if deepstack is None else jnp.repeat(deepstack, num_samples, axis=1)
-    cache = KVCache.create(text, batch, capacity, m.dtype)
-    sel = selection()
-    cache, tokens, results = programs.prefill(
+    cache = sharding.create_cache(text, batch, capacity, m.dtype, mesh)
+    _, sel = selection()
+    cache, tokens, results = prefill(
         graph,
         weights,
         cache,
@@ -199,7 +209,7 @@ def generate(
         telemetry=telemetry,
     )
     host_tokens, results, norms = jax.device_get((tokens, results, norms))
-    elapsed = time.perf_counter() - start
+    elapsed = time.perf_counter() - start - (compile_clock.seconds() - compiled)
     if telemetry and on_prefill is not None:
         columns = layout.unpack(*results[:2])
         s, r = int(sel[0]), min(length, MAP_SIZE)
@@ -222,15 +232,17 @@ def generate(
     deliver(0, sel, results if telemetry else (host_tokens[None],), elapsed)
 
     n = min(CHUNK, capacity)
-    stored = Stored(jnp.zeros((n, batch), jnp.int32))
+    stored = Stored(sharding.zeros((n, batch), jnp.int32, sharding.TELEMETRY["tokens"], mesh))
     if telemetry:
-        store = empty_store(text, capacity, n)
-        stored = Stored(stored.tokens, jnp.zeros((n, text.vocab_size), jnp.float32), store)
-    finished = jnp.asarray(tokens_kept.finished)
+        shards = 1 if mesh is None else mesh.shape[sharding.DATA]
+        logp = (n, shards, text.vocab_size)
+        logp = sharding.zeros(logp, jnp.float32, sharding.TELEMETRY["logp"], mesh)
+        stored = Stored(stored.tokens, logp, empty_store(text, capacity, n, mesh))
+    finished = sharding.put(tokens_kept.finished, (None,), mesh)
     schedule = Schedule(tokens_kept, max_new_tokens, control, deliver)
     for count in schedule.chunks():
-        sel = selection()
-        cache, stored, tokens, finished, results = programs.decode_chunk(
+        count, sel = selection(count)
+        cache, stored, tokens, finished, results = decode_chunk(
             graph,
             weights,
             cache,
