@@ -17,11 +17,12 @@ steer a rollout go to the producer.
   chunk. The other viewers follow it: they show its selection and pause (their own
   navigation keys snap back; the metric, help and traceback stay theirs). The header says
   who controls.
-- Faults: no answer to pings for ``SILENCE_S``, or the connection closing, shows
-  "disconnected, waiting for ADDRESS" until a producer answers again (a restarted one has a
-  new id and sends a new snapshot). A refused key, a failed handshake or another protocol
-  version is one line in the header instead. Messages that do not decode are dropped and
-  counted ("bad").
+- Faults: the connection closing (the producer died or restarted) shows "disconnected,
+  waiting for ADDRESS" until a producer answers a hello (a restarted one has a new id and
+  sends a new snapshot). No answer to pings for ``SILENCE_S`` over an open connection (a
+  producer busy or hung) says so and keeps waiting for it. A refused key, a failed
+  handshake or another protocol version is one line in the header instead. Messages that
+  do not decode are dropped and counted ("bad").
 - Quitting says bye; the producer runs on.
 """
 
@@ -42,7 +43,7 @@ from model import endpoint, wire
 from model import telemetry as tm
 
 PING_S = 0.5
-SILENCE_S = 3.0  # no answer this long: the producer is gone or hung
+SILENCE_S = 3.0  # no answer this long: the producer is busy or hung
 HELLO_S = 1.0  # an unanswered hello is sent again this often
 POLL_MS = 20  # the longest a key waits before it is sent
 HWM = 256  # messages this viewer's socket holds before the producer's side drops
@@ -143,7 +144,10 @@ class Client:
         else:
             who = f"viewer {attached.controller} controls (c takes control)"
         text = f"viewer {attached.viewer} of {attached.viewers} · {who}"
-        return {**fields, "link": text, "link_ok": True}
+        silent = time.monotonic() - self._last_reply
+        if silent > SILENCE_S:
+            text = f"no answer from {self.address} for {silent:.0f} s · {text}"
+        return {**fields, "link": text, "link_ok": silent <= SILENCE_S}
 
     # --- the loop ---
 
@@ -213,8 +217,6 @@ class Client:
             if now - self._last_hello >= HELLO_S:
                 self._last_hello = now
                 self._send({"op": "hello"})
-        elif now - self._last_reply > SILENCE_S:
-            self._lost()
         elif now - self._last_ping >= PING_S:
             self._last_ping = now
             self._send({"op": "ping"})
@@ -259,6 +261,7 @@ class Client:
             self.bad += 1
             return
         op = body.get("op") if isinstance(body, dict) else None
+        self._last_reply = time.monotonic()
         try:
             match op:
                 case "welcome":
@@ -273,11 +276,8 @@ class Client:
                     pass
                 case _:
                     self.bad += 1
-                    return
         except (KeyError, TypeError, ValueError):  # a field missing or of the wrong type
             self.bad += 1
-            return
-        self._last_reply = time.monotonic()
 
     def _mismatch(self, theirs: int) -> None:
         self.problem = (

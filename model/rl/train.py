@@ -35,6 +35,7 @@ import dataclasses
 import json
 import sys
 import time
+import traceback
 from pathlib import Path
 
 import jax
@@ -359,6 +360,10 @@ def cli_main(args: argparse.Namespace) -> int:
             return 2
     try:
         _train(args, trainer, task, publisher)
+    except Exception as e:  # attached viewers see the failure too
+        if publisher is not None:
+            publisher.emit(tm.ErrorEvent(f"{type(e).__name__}: {e}", traceback.format_exc()))
+        raise
     finally:
         if publisher is not None:
             publisher.close()

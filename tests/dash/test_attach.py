@@ -200,6 +200,24 @@ def test_a_restarted_producer_is_picked_up_without_restarting_the_viewer(address
         producer.stop()
 
 
+def test_a_hung_producer_is_waited_for(address, monkeypatch):
+    monkeypatch.setattr(attach, "SILENCE_S", 0.5)
+    producer = live(address, "--rate", "100")
+    watcher = Watcher(address)
+    try:
+        watcher.wait(lambda w: w.step() > 5)
+        producer.proc.send_signal(signal.SIGSTOP)  # the connection stays open
+        watcher.wait(lambda w: w.link.startswith(f"no answer from {address} for "))
+        assert watcher.client.meters()["link_ok"] is False
+        stopped_at = watcher.step()
+        producer.proc.send_signal(signal.SIGCONT)
+        watcher.wait(lambda w: w.link == "viewer 1 of 1 · you control" and w.step() > stopped_at)
+        assert sum(isinstance(e, state.Snapshot) for e in watcher.events) == 1  # no resync
+    finally:
+        watcher.close()
+        producer.stop()
+
+
 def test_two_viewers_one_controls_the_other_follows(address):
     producer = live(address, "--rate", "100")
     a = Watcher(address)
