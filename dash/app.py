@@ -210,9 +210,13 @@ class App:
     # --- keys and drawing ---
 
     def on_key(self, key: str | tuple) -> bool:
+        if self.ui.prompt is not None and isinstance(key, str) and key != "ctrl c":
+            self._edit_prompt(key)
+            return True
         command = keymap.command_for(key) if isinstance(key, str) else None
         if command is None:
             return False
+        self.ui = dataclasses.replace(self.ui, hint=None)
         if command == "quit":
             self.request_quit()
         elif command == "step":
@@ -230,6 +234,19 @@ class App:
                 self.control.set_paused(self.ui.paused)
         self._show()
         return True
+
+    def _edit_prompt(self, key: str) -> None:
+        """A key on the open input line; Enter sends a non-blank prompt to the rollout,
+        which ends the current answer and resumes."""
+        self.ui, text = state.edit_prompt(self.ui, key)
+        if text is not None and text.strip():
+            submit = getattr(self.control, "submit_prompt", None)
+            if submit is None:
+                self.ui = dataclasses.replace(self.ui, hint="this run takes no prompts")
+            else:
+                submit(text)
+                self.control.set_paused(False)
+        self._show()
 
     def _meters(self) -> state.Meters:
         now = time.monotonic()

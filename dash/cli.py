@@ -29,6 +29,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--temperature", type=float, default=0.0, metavar="T", help="--model runs; 0 is greedy"
     )
+    p.add_argument(
+        "--cache",
+        type=int,
+        default=1024,
+        metavar="N",
+        help="--model runs: KV cache slots for each prompt and its answer (default 1024)",
+    )
+    p.add_argument(
+        "--dtype",
+        choices=("auto", "bfloat16", "float32"),
+        default="auto",
+        help="parameter dtype; auto (default) is the checkpoint's own",
+    )
     p.add_argument("--fps", type=float, default=20.0, help="frames per second (default 20)")
     p.add_argument("--flash-hz", type=float, default=5.0, help="flash rate (default 5)")
     p.add_argument(
@@ -72,7 +85,7 @@ def _check(args: argparse.Namespace, parser: argparse.ArgumentParser) -> tuple[i
     for name in ("fps", "flash_hz", "speed"):
         if not getattr(args, name) > 0:
             parser.error(f"--{name.replace('_', '-')} must be > 0")
-    for name in ("steps", "layers", "max_new_tokens"):
+    for name in ("steps", "layers", "max_new_tokens", "cache"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
     if args.replay and args.model:
@@ -119,20 +132,35 @@ def _check_link(args: argparse.Namespace, parser: argparse.ArgumentParser) -> No
 
 
 class _Status:
-    """A progress note on an interactive stderr, erased (not scrolled) once done."""
+    """A progress note on an interactive stderr, rewritten in place and erased (not
+    scrolled) once done."""
 
     def __init__(self, text: str) -> None:
-        self.text = f"{PROG}: {text}" if sys.stderr.isatty() else ""
-        if self.text:
-            print(self.text, end="\r", file=sys.stderr, flush=True)
+        self.shown = sys.stderr.isatty()
+        self.text = ""
+        self.update(text)
+
+    def update(self, text: str) -> None:
+        if self.shown:
+            line = f"{PROG}: {text}"
+            print(line.ljust(len(self.text)), end="\r", file=sys.stderr, flush=True)
+            self.text = line
+
+    def loading(self, progress) -> None:
+        """The checkpoint loader's ``LoadProgress``."""
+        gb = 1e9
+        self.update(
+            f"loading the model: {progress.bytes_loaded / gb:.2f} of "
+            f"{progress.bytes_total / gb:.2f} GB, file {progress.files_done} of {progress.files}"
+        )
 
     def clear(self) -> None:
-        if self.text:
+        if self.shown:
             print(" " * len(self.text), end="\r", file=sys.stderr, flush=True)
 
 
-def _source(args: argparse.Namespace):
-    """(rollout_fn, header label) for the chosen source."""
+def _source(args: argparse.Namespace, status: _Status):
+    """(rollout_fn, header label) for the chosen source; loading reports to ``status``."""
     from dash import record, sources
 
     if args.replay:
@@ -149,9 +177,12 @@ def _source(args: argparse.Namespace):
             max_new_tokens=args.max_new_tokens,
             temperature=args.temperature,
             seed=args.seed,
+            dtype=args.dtype,
+            cache=args.cache,
+            on_progress=status.loading,
         )
         return fn, f"model {os.path.basename(os.path.normpath(args.model))}"
-    fn = sources.default_source(seed=args.seed)
+    fn = sources.default_source(seed=args.seed, dtype=args.dtype)
     return fn, ""
 
 
@@ -176,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
         return _attach(args)
     loading = _Status(f"reading {args.replay}…" if args.replay else "loading the model…")
     try:
-        rollout_fn, label = _source(args)
+        rollout_fn, label = _source(args, loading)
     except (sources.SourceError, record.ReplayError) as e:
         loading.clear()
         print(f"{PROG}: {e}", file=sys.stderr)

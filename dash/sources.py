@@ -84,7 +84,7 @@ def model_source(
     return run
 
 
-def default_source(*, seed: int, group_size: int = 8):
+def default_source(*, seed: int, group_size: int = 8, dtype: str = "auto"):
     """The embedded tiny Qwen3-VL (``assets/tiny-qwen3vl``) learning the synthetic visual
     task live with GRPO (``model.rl.live.run_grpo``): a group of ``group_size`` answers per
     question, rewarded, then one policy update, until stopped. Without the trained weights
@@ -104,7 +104,7 @@ def default_source(*, seed: int, group_size: int = 8):
     if random_init:
         m = model.init_random(tiny_config(processor), seed)
     else:
-        m, _ = _load(EMBEDDED)
+        m, _ = _load(EMBEDDED, dtype)
     task = Task("train", seed)
 
     def run(sink, control) -> None:

@@ -19,6 +19,9 @@ from model import telemetry as tm
 GENERATED_KEPT = 256  # generated token texts kept for the head detail's context strip
 STEP_TIMES_KEPT = 32  # decode step times averaged for tokens/s
 REWARDS_KEPT = 64  # reward means kept for the header's trend
+PROMPT_CHARS = 2000  # longest input line
+COMPILE = "compile"  # the phase of XLA compiling a program (model.telemetry.PhaseEvent)
+TRAIN_KEPT = 256  # updates kept for the training metrics' sparklines
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,6 +30,8 @@ class PhaseTime:
 
     active: bool = False
     last_ms: float | None = None
+    done: int | None = None  # progress of the running phase: done of total items
+    total: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,9 +49,11 @@ class View:
     profile: tm.StepProfile | None = None
     train: tm.TrainEvent | None = None
     reward_history: tuple[float, ...] = ()
+    train_history: tuple[tm.TrainEvent, ...] = ()  # the last TRAIN_KEPT updates, oldest first
+    group: tm.GroupEvent | None = None  # the last scored group of the watched prompt
     credits: Mapping[int, tm.CreditEvent] = dataclasses.field(default_factory=dict)  # by sample
     error: tm.ErrorEvent | None = None
-
+    notice: str | None = None  # the rollout's last message, until the next prompt
     @property
     def stats(self) -> tm.HeadStats | None:
         """Per-head summaries ``[L, H]`` of the latest query position (decode, else
@@ -57,14 +64,24 @@ class View:
         return None if self.prefill is None else self.prefill.stats
 
     @property
-    def tokens_per_s(self) -> float | None:
-        """Decode throughput from the measured step times: batch rows / median step time
-        (the median, so a first step that compiled does not hide the steady rate)."""
+    def step_time_ms(self) -> float | None:
+        """The median of the last measured decode step times (steps that compiled have
+        none)."""
         times = sorted(t for t in self.step_ms if finite(t) and t > 0)
-        if not times:
+        return times[len(times) // 2] if times else None
+
+    @property
+    def tokens_per_s(self) -> float | None:
+        """Decode throughput: batch rows / median step time."""
+        step_ms = self.step_time_ms
+        if step_ms is None:
             return None
-        batch = self.run.batch_size if self.run else 1
-        return batch * 1000.0 / times[len(times) // 2]
+        return (self.run.batch_size if self.run else 1) * 1000.0 / step_ms
+
+    @property
+    def compiling(self) -> bool:
+        phase = self.phases.get(COMPILE)
+        return phase is not None and phase.active
 
 
 def _fold_decode(view: View, chunk: tm.DecodeChunk) -> View:
@@ -96,8 +113,13 @@ def _fold_decode(view: View, chunk: tm.DecodeChunk) -> View:
 
 def _fold_phase(view: View, e: tm.PhaseEvent) -> View:
     before = view.phases.get(e.phase, PhaseTime())
-    phase = PhaseTime(True, before.last_ms) if e.active else PhaseTime(False, e.elapsed_ms)
+    if e.active:
+        phase = PhaseTime(True, before.last_ms, e.done, e.total)
+    else:
+        phase = PhaseTime(False, e.elapsed_ms)
     phases = {**view.phases, e.phase: phase}
+    if e.phase == COMPILE:  # compiling happens inside the loop's phases, not between them
+        return dataclasses.replace(view, phases=phases)
     ended_active = not e.active and view.active_phase == e.phase
     active = e.phase if e.active else (None if ended_active else view.active_phase)
     view = dataclasses.replace(view, phases=phases, active_phase=active)
@@ -122,7 +144,9 @@ def reduce(view: View, event: tm.Event | Snapshot) -> View:
             # the same run announcing itself again (a new episode) keeps what was seen
             return view if view.run == event else View(run=event)
         case tm.PrefillEvent():
-            return dataclasses.replace(view, prefill=event, decode=None, generated=())
+            return dataclasses.replace(
+                view, prefill=event, decode=None, generated=(), notice=None
+            )
         case tm.DecodeChunk():
             return _fold_decode(view, event)
         case tm.PhaseEvent():
@@ -131,10 +155,17 @@ def reduce(view: View, event: tm.Event | Snapshot) -> View:
             return dataclasses.replace(view, profile=event)
         case tm.TrainEvent():
             history = (*view.reward_history, event.reward_mean)[-REWARDS_KEPT:]
-            return dataclasses.replace(view, train=event, reward_history=history)
+            trains = (*view.train_history, event)[-TRAIN_KEPT:]
+            return dataclasses.replace(
+                view, train=event, reward_history=history, train_history=trains
+            )
+        case tm.GroupEvent():
+            return dataclasses.replace(view, group=event)
         case tm.CreditEvent():
             kept = {s: c for s, c in view.credits.items() if c.step == event.step}
             return dataclasses.replace(view, credits={**kept, event.sample: event})
+        case tm.NoticeEvent():
+            return dataclasses.replace(view, notice=event.message)
         case tm.ErrorEvent():
             return dataclasses.replace(view, error=event)
         case Snapshot():
@@ -152,6 +183,9 @@ def reduce_all(view: View, events: Iterable[tm.Event]) -> View:
 # --- what the user chose ----------------------------------------------------------
 
 
+TOKEN_METRICS = ("logprob", "entropy")  # per-token values of a group's answers
+
+
 @dataclasses.dataclass(frozen=True)
 class UiState:
     sample: int = 0  # batch row (GRPO group member) to watch
@@ -160,13 +194,20 @@ class UiState:
     layer_top: int = 0  # first layer of the attention / KV window
     window: int = 6  # layers in the window
     metric: int = 0  # index into HeadStats.METRICS
+    token_metric: int = 0  # index into TOKEN_METRICS: what colours the group's tokens
     paused: bool = False
     help: bool = False
     traceback: bool = False
+    prompt: str | None = None  # the input line for a new prompt, None while closed
+    hint: str | None = None  # why the last key did nothing, until the next key
 
     @property
     def metric_name(self) -> str:
         return tm.HeadStats.METRICS[self.metric]
+
+    @property
+    def token_metric_name(self) -> str:
+        return TOKEN_METRICS[self.token_metric]
 
     @property
     def selection(self) -> tuple[int, int, int]:
@@ -209,6 +250,8 @@ def apply(ui: UiState, command: str, view: View) -> UiState:
             return _with_layer(dataclasses.replace(ui, layer_top=top), layer, layers)
         case "metric":
             return dataclasses.replace(ui, metric=(ui.metric + 1) % len(tm.HeadStats.METRICS))
+        case "token_metric":
+            return dataclasses.replace(ui, token_metric=(ui.token_metric + 1) % len(TOKEN_METRICS))
         case "sample_prev" | "sample_next":
             step = -1 if command == "sample_prev" else 1
             return dataclasses.replace(ui, sample=_clamp(ui.sample + step, 0, samples - 1))
@@ -221,7 +264,29 @@ def apply(ui: UiState, command: str, view: View) -> UiState:
             return dataclasses.replace(ui, traceback=shown, help=False)
         case "close":
             return dataclasses.replace(ui, help=False, traceback=False)
+        case "prompt":
+            if view.run is None or view.run.mode != "inference":
+                return dataclasses.replace(ui, hint="new prompts are for --model runs")
+            if view.active_phase is not None and not ui.paused:
+                return dataclasses.replace(ui, hint="i: pause first (p) or let the answer end")
+            return dataclasses.replace(ui, prompt="", help=False, traceback=False)
     return ui
+
+
+def edit_prompt(ui: UiState, key: str) -> tuple[UiState, str | None]:
+    """The UI state after ``key`` on the open input line, and the prompt to send (on
+    Enter, else None): a printable character is typed, backspace deletes, Esc closes."""
+    text = ui.prompt or ""
+    match key:
+        case "enter":
+            return dataclasses.replace(ui, prompt=None, paused=False), text
+        case "esc":
+            return dataclasses.replace(ui, prompt=None), None
+        case "backspace":
+            return dataclasses.replace(ui, prompt=text[:-1]), None
+    if len(key) == 1 and key.isprintable() and len(text) < PROMPT_CHARS:
+        return dataclasses.replace(ui, prompt=text + key), None
+    return ui, None
 
 
 def follow(ui: UiState, selection: tuple[int, int, int], paused: bool, view: View) -> UiState:

@@ -244,9 +244,12 @@ class _Reader:
 
     def read(self, tensors: list[_Tensor], stacked: bool, index: tuple[slice, ...]):
         """The slice ``index`` of a parameter from its tensors (one, or one per block)."""
+        staged = 0
         try:
             if stacked:
-                raw = np.stack([self._get(t, index[1:]) for t in tensors[index[0]]])
+                blocks = [self._get(t, index[1:]) for t in tensors[index[0]]]
+                raw = np.stack(blocks)
+                staged = sum(b.nbytes for b in blocks)
             else:
                 (t,) = tensors
                 raw = self._get(t, index)
@@ -254,7 +257,7 @@ class _Reader:
             file = self.files[tensors[0].file]
             raise CheckpointError(f"{file}: not a readable safetensors file ({e})") from None
         value = raw.astype(self.dtype, copy=False)
-        staged = raw.nbytes + (value.nbytes if value is not raw else 0)
+        staged += raw.nbytes + (value.nbytes if value is not raw else 0)
         self.largest = max(self.largest, staged)
         return value
 

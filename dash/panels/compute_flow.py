@@ -31,11 +31,13 @@ class ComputeFlow(Panel):
     title = "COMPUTATION FLOW"
 
     def status(self, frame: state.Frame) -> Row:
+        if frame.view.compiling:
+            return flash(frame, "flash_active", "COMPILING")
         return flash(frame, "flash_active", "ACTIVE") if frame.view.active_phase else []
 
     def body(self, frame: state.Frame, cols: int, rows: int) -> list[Row]:
         view = frame.view
-        step_ms = view.decode.elapsed_ms if view.decode else None
+        step_ms = view.step_time_ms
         timings = {}
         for name in tm.PhaseEvent.PHASES:
             phase = view.phases.get(name)
@@ -54,6 +56,12 @@ class ComputeFlow(Panel):
             chain += [("border", " →")] if i else []
             chain.append(("flash_active" if lit else "value", f" {STAGE_LABELS[stage]}"))
         lines = [phases, chain]
+        compiled = view.phases.get(state.COMPILE)
+        if compiled is not None:
+            done = "compiling XLA programs…" if compiled.active else "XLA compiled in "
+            if not compiled.active:
+                done += number(compiled.last_ms, "{:.0f} ms")
+            lines.append([("dim", f" {done} (counted in no phase above)")])
         if profile is None:
             return lines + [[("dim", " stage times: waiting for a profile of the decode step")]]
         times = {s: profile.stage_ms.get(s) for s in tm.StepProfile.STAGES}

@@ -78,6 +78,10 @@ def _notices(frame: state.Frame, cols: int) -> Row:
         left.append(("header_warn", "⚠ random weights (not a trained checkpoint) "))
     if meters.status != "running":
         left.append(("header_warn", f"● {meters.status.upper()} "))
+    if view.compiling:
+        left.append(("header_warn", "⚙ COMPILING "))
+    if view.notice:
+        left.append(("header_warn", f"⚠ {safe(view.notice)} "))
     if ui.paused:
         left.append(("header_warn", "⏸ PAUSED (p resumes, s steps) "))
     if meters.source:

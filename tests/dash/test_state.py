@@ -192,3 +192,46 @@ def test_a_decode_chunk_folds_as_its_tokens_one_by_one():
             assert tm.records(got.decode)[-1] == tm.records(want.decode)[-1]
             assert dataclasses.replace(got, decode=None) == dataclasses.replace(want, decode=None)
     assert want.generated[-5:] == tuple((s, f"t{s}") for s in range(2, 7))
+
+
+def test_the_input_line_opens_for_inference_after_an_answer_or_while_paused():
+    inference = state.View(run=ev.run_info(mode="inference"))
+    ui = state.apply(state.UiState(), "prompt", inference)
+    assert ui.prompt == "" and ui.hint is None
+    decoding = dataclasses.replace(inference, active_phase="decode")
+    refused = state.apply(state.UiState(), "prompt", decoding)
+    assert refused.prompt is None and "pause" in refused.hint
+    assert state.apply(state.UiState(paused=True), "prompt", decoding).prompt == ""
+    grpo = state.apply(state.UiState(), "prompt", state.View(run=ev.run_info()))
+    assert grpo.prompt is None and "--model" in grpo.hint
+
+
+def test_editing_the_input_line():
+    ui = state.UiState(prompt="", paused=True)
+    for key in "hi\x1b[":  # control characters are not typed
+        ui, sent = state.edit_prompt(ui, key)
+        assert sent is None
+    assert ui.prompt == "hi["
+    ui, _ = state.edit_prompt(ui, "backspace")
+    ui, _ = state.edit_prompt(ui, "ctrl a")  # a key name, not a character
+    assert ui.prompt == "hi"
+    closed, sent = state.edit_prompt(ui, "enter")
+    assert sent == "hi" and closed.prompt is None and not closed.paused
+    cancelled, sent = state.edit_prompt(ui, "esc")
+    assert sent is None and cancelled.prompt is None and cancelled.paused
+
+
+def test_a_notice_shows_until_the_next_prompt_and_compiling_is_no_phase():
+    view = fold([*ev.episode_events(steps=1), tm.NoticeEvent("prompt refused: x")])
+    assert view.notice == "prompt refused: x" and view.active_phase == "decode"
+    view = fold([tm.PhaseEvent("compile", True)], view)
+    assert view.compiling and view.active_phase == "decode"
+    view = fold([tm.PhaseEvent("compile", False, 1200.0), ev.prefill()], view)
+    assert not view.compiling and view.phases["compile"].last_ms == 1200.0
+    assert view.notice is None
+
+
+def test_step_times_that_are_unknown_do_not_count():
+    chunks = [dataclasses.replace(ev.decode(0), elapsed_ms=None), ev.decode(1), ev.decode(2)]
+    view = fold([ev.run_info(batch_size=1), *chunks])
+    assert view.step_time_ms == 4.0 and view.tokens_per_s == 250.0

@@ -123,3 +123,51 @@ def test_bfloat16_load(tiny_dir, reference):
     logits = m.logits(reference["text_ids"])
     ref = reference["text_logits"]
     assert np.abs(logits - ref).max() < 0.05 * np.abs(ref).max()
+
+
+def _param_bytes(m) -> list[int]:
+    from flax import nnx
+
+    return [v.get_value().nbytes for _, v in nnx.to_flat_state(nnx.state(m, nnx.Param))]
+
+
+def test_loading_streams_one_tensor_at_a_time(tiny_dir):
+    """The loader's own accounting: every parameter placed, and never more staged on the
+    host at once than one parameter (a stacked one's blocks and their stack: twice its
+    size), far from the whole model."""
+    seen = []
+    m = load_pretrained(tiny_dir, on_progress=seen.append)
+    sizes = _param_bytes(m)
+    last = seen[-1]
+    assert last.bytes_loaded == last.bytes_total == sum(sizes)
+    assert last.files_done == last.files == 1
+    assert len(seen) == len(sizes) + 1  # one report per parameter, then the end
+    assert [p.bytes_loaded for p in seen] == sorted(p.bytes_loaded for p in seen)
+    assert max(sizes) <= last.largest_read <= 2 * max(sizes)
+    assert last.largest_read < last.bytes_total / 10
+
+
+def test_dtype_is_the_checkpoints_own_unless_asked(tiny_dir, tmp_path):
+    import jax.numpy as jnp
+
+    from model.checkpoint import checkpoint_dtype
+
+    assert checkpoint_dtype(tiny_dir) == "float32"
+    assert load_pretrained(tiny_dir).dtype == jnp.float32
+    half = load_pretrained(tiny_dir, "bfloat16")
+    assert half.dtype == jnp.bfloat16
+    assert {v.dtype for v in jax_params(half)} == {jnp.dtype(jnp.bfloat16)}
+    save_pretrained(half, tmp_path / "bf16")
+    assert checkpoint_dtype(tmp_path / "bf16") == "bfloat16"
+    assert load_pretrained(tmp_path / "bf16").dtype == jnp.bfloat16  # auto: as stored
+    assert load_pretrained(tmp_path / "bf16", "float32").dtype == jnp.float32
+    config = json.loads((tmp_path / "bf16" / "config.json").read_text())
+    del config["dtype"]  # no dtype in config.json: the tensors' own
+    (tmp_path / "bf16" / "config.json").write_text(json.dumps(config))
+    assert checkpoint_dtype(tmp_path / "bf16") == "bfloat16"
+
+
+def jax_params(m):
+    from flax import nnx
+
+    return [v.get_value() for _, v in nnx.to_flat_state(nnx.state(m, nnx.Param))]

@@ -9,7 +9,14 @@ import PIL.Image
 import pytest
 
 from model import telemetry as tm
-from model.rollout import image_spans, run_inference
+from model.rollout import (
+    PromptError,
+    Question,
+    answer_questions,
+    image_spans,
+    read_question,
+    run_inference,
+)
 from tests.model.recording import Recorder
 
 
@@ -161,3 +168,59 @@ def test_compile_time_is_reported_as_compile_never_as_decode_or_prefill(
     assert compiled_ms(warm) == [] and None not in times(warm)
     decode_end = [e for e in warm.of(tm.PhaseEvent) if e.phase == "decode" and not e.active]
     assert decode_end[0].elapsed_ms > 0
+
+
+def test_read_question_takes_an_image_path_anywhere(image, tmp_path):
+    path = tmp_path / "x.png"
+    image.save(path)
+    q = read_question(f"where is @{path} the square?", None)
+    assert q.prompt == "where is the square?" and q.image.size == image.size
+    kept = read_question("and now?", q.image)
+    assert kept.image is q.image
+    for text, message in [
+        (f"@{tmp_path / 'nope.png'} hi", "nope.png"),
+        ("@a @b hi", "one @image"),
+        (f"@{path}", "type a prompt"),
+    ]:
+        with pytest.raises(PromptError, match=message):
+            read_question(text, None)
+
+
+def test_answer_questions_answers_each_prompt_and_refuses_bad_ones(
+    random_model, embedded_processor, image
+):
+    control = tm.RolloutControl()
+    answered, refused = threading.Semaphore(0), threading.Semaphore(0)
+
+    def on_event(e):
+        if e.kind == "profile":
+            answered.release()
+        elif e.kind == "notice":
+            refused.release()
+
+    sink = Recorder(on_event)
+    first = Question("What colour is the square?", image)
+    worker = threading.Thread(
+        target=answer_questions,
+        args=(random_model, embedded_processor, first),
+        kwargs=dict(
+            sink=sink, control=control, sampling={"temperature": 0.0}, max_new_tokens=3,
+            capacity=128,
+        ),
+    )  # fmt: skip
+    worker.start()
+    assert answered.acquire(timeout=120)
+    for bad in ("<|vision_start|> hi", " ".join(["colour"] * 100)):
+        control.submit_prompt(bad)
+        assert refused.acquire(timeout=30)
+    control.submit_prompt("How many shapes?")
+    assert answered.acquire(timeout=120)
+    control.stop()
+    worker.join(30)
+    assert not worker.is_alive()
+    prefills = sink.of(tm.PrefillEvent)
+    assert [p.episode for p in prefills] == [0, 1]
+    assert prefills[1].images  # the image of the first question is kept
+    assert {e.cache_capacity for e in sink.of(tm.RunInfo)} == {128}
+    notices = [e.message for e in sink.of(tm.NoticeEvent)]
+    assert "vision_start" in notices[0] and "cache's 128 slots" in notices[1]
