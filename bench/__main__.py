@@ -17,7 +17,14 @@ import subprocess
 import sys
 import time
 
-CPU_BENCHMARKS = ("telemetry_overhead", "vs_transformers", "frame_cost", "handoff", "long_context")
+CPU_BENCHMARKS = (
+    "telemetry_overhead",
+    "vs_transformers",
+    "frame_cost",
+    "handoff",
+    "long_context",
+    "attach",
+)
 
 
 def main(argv: list[str] | None = None) -> int:
