@@ -19,7 +19,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from model import attention_kernel
+from model import attention_kernel, sharding
 from model.attention import cached_attention, pool_max
 from model.decode.summaries import Observations
 from model.kv_cache import KVCache
@@ -32,9 +32,10 @@ CHUNK = 32  # most decode steps per compiled call: the chunk's own cache has thi
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class PrefillObservations:
-    """The prefill's view of the watched row: ``rows [L, H, Tp]``, the attention of its
-    last real query, and ``map [MAP_SIZE, MAP_SIZE]``, the selected head's ``T x T`` map
-    block-max pooled (``pool_max``)."""
+    """The prefill's view of the watched row: ``rows [L, D, H, Tp]``, the attention of its
+    last real query, and ``map [D, MAP_SIZE, MAP_SIZE]``, the selected head's ``T x T`` map
+    block-max pooled (``pool_max``); ``D`` candidates, one per ``data`` shard
+    (``model.sharding.watched``)."""
 
     rows: jax.Array
     map: jax.Array
@@ -46,22 +47,25 @@ def _prefill_observer(num_layers: int, num_heads: int, selection, length, tk: in
     ``sample`` (``selection = (sample, layer, head)``) block of queries by block."""
     sample, layer, head = selection
     query = length - 1
+    shards = sharding.data_shards()
 
     def observe(obs: PrefillObservations, index, start, probs):  # [B, H, Tb, Tw]
         offset = query - start  # the block holds queries start + [0, Tb)
         inside = (offset >= 0) & (offset < probs.shape[2])
-        row = jax.lax.dynamic_index_in_dim(probs[sample], offset, axis=1, keepdims=False)
-        row = jnp.pad(row, ((0, 0), (0, tk - row.shape[1])))  # keys past Tw weigh 0
+        watched = sharding.watched(probs, sample)  # [D, H, Tb, Tw]
+        row = jax.lax.dynamic_index_in_dim(watched, offset, axis=2, keepdims=False)
+        row = jnp.pad(row, ((0, 0), (0, 0), (0, tk - row.shape[2])))  # keys past Tw weigh 0
         rows = obs.rows.at[index].set(jnp.where(inside, row, obs.rows[index]))
 
         def pool():
-            return jnp.maximum(obs.map, pool_max(probs[sample, head], start, length, MAP_SIZE))
+            pooled = jax.vmap(lambda p: pool_max(p, start, length, MAP_SIZE))
+            return jnp.maximum(obs.map, pooled(sharding.select(watched, head, axis=1)))
 
         return PrefillObservations(rows, jax.lax.cond(index == layer, pool, lambda: obs.map))
 
     initial = PrefillObservations(
-        rows=jnp.zeros((num_layers, num_heads, tk), jnp.float32),
-        map=jnp.zeros((MAP_SIZE, MAP_SIZE), jnp.float32),
+        rows=jnp.zeros((num_layers, shards, num_heads, tk), jnp.float32),
+        map=jnp.zeros((shards, MAP_SIZE, MAP_SIZE), jnp.float32),
     )
     return observe, initial
 
@@ -100,9 +104,10 @@ def step_forward(m: Qwen3VL, cache: KVCache, recent: KVCache, tokens, deltas, sa
         deltas: ``[B]`` each row's mRoPE offset (``Prompt.deltas``).
         sample: the batch row to observe, or ``None`` for no telemetry.
     Returns:
-        logits ``[B, V]``, the updated ``recent`` and the row's ``Observations`` over
-        ``C + S`` key slots: ``cache``'s (0 from its length on), then ``recent``'s, which
-        hold positions ``cache.length, cache.length + 1, ...`` (``None`` without a sample).
+        logits ``[B, V]``, the updated ``recent`` and the row's ``Observations`` ``[L, D,
+        ...]`` (``D`` candidates, ``model.sharding.watched``) over ``C + S`` key slots:
+        ``cache``'s (0 from its length on), then ``recent``'s, which hold positions
+        ``cache.length, cache.length + 1, ...`` (``None`` without a sample).
     """
     pos = cache.length + recent.length
     x = m.language_model.embed_tokens(tokens)[:, None]  # [B, 1, D]
@@ -111,9 +116,11 @@ def step_forward(m: Qwen3VL, cache: KVCache, recent: KVCache, tokens, deltas, sa
     observed = []
     for index, layer in enumerate(m.language_model.layers):
         out, probs, parts, recent = attend(layer, x, index, recent)
-        if sample is not None:
-            scores, top, lse = (part[sample, :, 0] for part in parts)
-            observed.append(Observations(probs[sample, :, 0], scores, top, lse))  # [H, ...]
+        if sample is not None:  # [D, H, ...]: each data shard's candidate row
+            scores, top, lse = (sharding.watched(part, sample)[:, :, 0] for part in parts)
+            observed.append(
+                Observations(sharding.watched(probs, sample)[:, :, 0], scores, top, lse)
+            )
         x = layer.finish(x, out)
     recent = dataclasses.replace(recent, length=recent.length + 1)
     obs = Observations.stack(observed) if sample is not None else None

@@ -8,6 +8,11 @@ With ``telemetry`` they return the watched row's telemetry packed by ``Layout``:
 its attention summaries ``[L, H]``, the selected head's row over the cache, every row's
 token, the watched token's probability and top alternatives, the cache length and the
 query's mRoPE position. ``telemetry=False`` compiles a variant that computes none of it.
+
+On a mesh (``jax.set_mesh``, ``model.sharding``) the programs pin what they hand back: the
+cache and the chunk's buffers keep their shards from call to call, and the results the host
+fetches are replicated (every process reads its own copy); the telemetry keeps the candidate
+of the ``data`` shard that holds the watched row (``model.decode.summaries``).
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from model import sharding
 from model.decode.forward import CHUNK, prefill_forward, step_forward
 from model.decode.layout import Layout
 from model.decode.summaries import Observations, Summaries, summarize, summarize_later
@@ -37,9 +43,12 @@ def _columns(
             slots (at most ``capacity``), or for decode steps ``capacity`` slots of the
             main cache and then the chunk's own, which hold positions ``start, start + 1,
             ...``.
-        tokens: ``[n, B]`` every row's token; ``logp [n, V]`` the watched row's
+        tokens: ``[n, B]`` every row's token; ``logp [n, D, V]`` the watched row's
             log-probabilities; ``cache_len [n]``; ``position [n, 3]`` of each query.
     """
+    shard = sharding.owner(sample_, tokens.shape[1])  # the candidate (axis D) to keep
+    summaries = jax.tree.map(lambda x: sharding.select(x, shard, axis=-2), summaries)
+    logp = sharding.select(logp, shard, axis=1)
     columns = summaries.columns()
     row, argmax = columns["row"], columns["argmax"]
     if row.shape[1] > capacity:  # slot c + j holds position start + j (main slots weigh 0)
@@ -93,36 +102,41 @@ def prefill(
         map [MAP_SIZE, MAP_SIZE])``: the ``Layout`` of the step and the pooled map.
     """
     m = merge(graph, weights)
+    embeds = sharding.constrain(embeds, ("batch", None, None))
     logits, k, v, obs = prefill_forward(
         m, embeds, deepstack, positions, length, selection if telemetry else None
     )
-    cache = cache.write_prompt(k, v, vision, length)
+    cache = sharding.constrain_cache(cache.write_prompt(k, v, vision, length))
     tokens, logp = sample(jax.random.fold_in(key, 0), logits, params)
+    tokens = sharding.replicated(tokens)
     if not telemetry:
         return cache, tokens, None
     sample_, layer, head = selection
     position = jax.lax.dynamic_index_in_dim(positions[:, sample_], length - 1, 1, False)
-    summaries = summarize(Observations(obs.rows[None]), vision[sample_], layer, head)
+    watched_vision = sharding.select(vision, sample_, axis=0)
+    summaries = summarize(Observations(obs.rows[None]), watched_vision, layer, head)
     columns = _columns(
         summaries,
         0,
         tokens[None],
-        logp[sample_][None],
+        sharding.watched(logp, sample_)[None],
         sample_,
         length[None],
         position[None],
         cache.capacity,
     )
     floats, ints = layout(m, tokens.shape[0], cache.capacity).pack(columns)
-    return cache, tokens, (floats, ints, obs.map)
+    pooled = sharding.select(obs.map, sharding.owner(sample_, tokens.shape[0]), axis=0)
+    return cache, tokens, sharding.replicated((floats, ints, pooled))
 
 
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class Stored:
     """What the steps of a chunk keep, ``[n, ...]`` per step: every row's token (-1 for
-    steps not run) and, with telemetry, the watched row's log-probabilities ``[n, V]`` and
-    its attention (``Observations`` or ``Summaries``: ``summarize_later``)."""
+    steps not run) and, with telemetry, the watched row's log-probabilities ``[n, D, V]``
+    and its attention (``Observations`` or ``Summaries``: ``summarize_later``); ``D``
+    candidates (``model.sharding.watched``)."""
 
     tokens: jax.Array
     logp: jax.Array | None = None
@@ -134,6 +148,19 @@ class Stored:
             lambda buffer, x: buffer.at[i].set(x),
             self,
             Stored(tokens, logp, attention),
+        )
+
+    def pinned(self) -> Stored:
+        """These buffers split over the mesh as ``model.sharding.TELEMETRY`` says."""
+        by_rank = {5: "rows", 4: "heads", 3: "row"}
+
+        def pin(x, name):
+            return sharding.constrain(x, sharding.TELEMETRY[name])
+
+        return Stored(
+            pin(self.tokens, "tokens"),
+            None if self.logp is None else pin(self.logp, "logp"),
+            jax.tree.map(lambda x: pin(x, by_rank[x.ndim]), self.attention),
         )
 
 
@@ -187,7 +214,7 @@ def decode_chunk(
     batch = tokens.shape[0]
     n = min(CHUNK, cache.capacity)
     sample_, layer, head = selection
-    vision = jnp.pad(cache.vision[sample_], (0, n))  # the chunk's own tokens are text
+    vision = jnp.pad(sharding.select(cache.vision, sample_, 0), (0, n))  # own tokens: text
     later = summarize_later(m.config.text, cache.capacity, n)
     watched = sample_ if telemetry else None
 
@@ -198,7 +225,7 @@ def decode_chunk(
         finished = carry.finished | (new[:, None] == eos).any(-1)
         if telemetry:
             attention = obs if later else summarize(obs, vision, layer, head)
-            stored = carry.stored.at(i, new, logp[sample_], attention)
+            stored = carry.stored.at(i, new, sharding.watched(logp, sample_), attention)
         else:
             stored = carry.stored.at(i, new, None, None)
         return Carry(recent, new, finished, stored)
@@ -206,12 +233,13 @@ def decode_chunk(
     def running(carry: Carry):
         return (carry.recent.length < count) & ~carry.finished.all()
 
-    recent = KVCache.create(m.config.text, batch, n, cache.k[0].dtype)
+    recent = sharding.constrain_cache(KVCache.create(m.config.text, batch, n, cache.k[0].dtype))
     stored = dataclasses.replace(stored, tokens=jnp.full((n, batch), -1, jnp.int32))
     carry = jax.lax.while_loop(running, step, Carry(recent, tokens, finished, stored))
-    cache_out = cache.append(carry.recent)
+    cache_out = sharding.constrain_cache(cache.append(carry.recent))
+    stored_out, tokens, finished = carry.stored.pinned(), *sharding.replicated(carry[1:3])
     if not telemetry:
-        return cache_out, carry.stored, carry.tokens, carry.finished, carry.stored.tokens
+        return cache_out, stored_out, tokens, finished, stored_out.tokens
     pack = layout(m, batch, cache.capacity).pack
 
     def first_steps(k: int):  # the first k steps' telemetry, packed
@@ -238,4 +266,4 @@ def decode_chunk(
     sizes = [k for k in (1 << j for j in range(n.bit_length())) if k < n] + [n]
     bucket = (jnp.asarray(sizes) < carry.recent.length).sum()  # the first size >= steps run
     results = jax.lax.switch(bucket, [functools.partial(first_steps, k) for k in sizes])
-    return cache_out, carry.stored, carry.tokens, carry.finished, results
+    return cache_out, stored_out, tokens, finished, sharding.replicated(results)

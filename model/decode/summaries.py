@@ -6,6 +6,12 @@ query head, and for decode steps the parts of their softmax (``cached_attention`
 make the summaries cheaper (``softmax_stats``: no logarithm per key). ``summarize`` reduces
 them to ``Summaries``: ``[L, H]`` per metric and the selected head's row.
 
+On a mesh (``model.sharding``) every ``data`` shard observes a candidate of the watched row
+(its own local row, axis ``D``; one candidate without a mesh) and the heads stay split over
+``model``: the summaries are reduced where the heads live, and only they and the selected
+head's row cross devices (``model.decode.programs`` keeps the candidate of the shard that
+holds the watched row).
+
 A decode chunk buffers its steps' observations and summarises them all after its loop
 when they fit in ``SUMMARIZE_LATER_BYTES`` (every operation inside the loop costs a fixed
 time per step); longer rows are summarised inside each step, while they are still in the
@@ -19,6 +25,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
+from model import sharding
 from model.attention import head_stats, softmax_stats
 from model.config import TextConfig
 from model.telemetry import HeadStats
@@ -30,9 +37,9 @@ SUMMARIZE_LATER_BYTES = 1 << 21  # most bytes of attention rows a chunk buffers
 @dataclasses.dataclass(frozen=True)
 class Observations:
     """The watched row's attention of one query per layer and head: weights ``rows
-    [..., L, H, K]`` over ``K`` key slots and, for decode steps, their softmax's ``scores
-    [..., L, H, K]``, maximum ``top`` and log-sum-exp ``lse [..., L, H]``. A leading axis
-    stacks the steps of a chunk."""
+    [..., L, D, H, K]`` over ``K`` key slots (``D`` candidates) and, for decode steps, their
+    softmax's ``scores [..., L, D, H, K]``, maximum ``top`` and log-sum-exp ``lse [..., L,
+    D, H]``. A leading axis stacks the steps of a chunk."""
 
     rows: jax.Array
     scores: jax.Array | None = None
@@ -41,14 +48,15 @@ class Observations:
 
     @classmethod
     def stack(cls, steps: list[Observations]) -> Observations:
-        """One step's observations from each layer's, ``[H, K]`` -> ``[L, H, K]``."""
+        """One step's observations from each layer's, ``[D, H, K]`` -> ``[L, D, H, K]``."""
         return jax.tree.map(lambda *xs: jnp.stack(xs), *steps)
 
 
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class Summaries:
-    """``HeadStats``' fields ``[..., L, H]`` and the selected head's ``row [..., K]``."""
+    """``HeadStats``' fields ``[..., L, D, H]`` and the selected head's ``row [..., D, K]``
+    (``D`` candidates)."""
 
     max_weight: jax.Array
     entropy: jax.Array
@@ -68,7 +76,8 @@ def summarize(obs: Observations, vision: jax.Array, layer, head) -> Summaries:
         stats = head_stats(obs.rows, vision)
     else:
         stats = softmax_stats(obs.rows, (obs.scores, obs.top, obs.lse), vision)
-    return Summaries(**stats, row=obs.rows[..., layer, head, :])
+    rows = jax.lax.dynamic_index_in_dim(obs.rows, layer, axis=-4, keepdims=False)
+    return Summaries(**stats, row=sharding.select(rows, head, axis=-2))
 
 
 def summarize_later(cfg: TextConfig, capacity: int, steps: int) -> bool:
@@ -79,15 +88,22 @@ def summarize_later(cfg: TextConfig, capacity: int, steps: int) -> bool:
     return steps * per_step <= SUMMARIZE_LATER_BYTES
 
 
-def empty_store(cfg: TextConfig, capacity: int, steps: int) -> Observations | Summaries:
+def empty_store(cfg: TextConfig, capacity: int, steps: int, mesh=None) -> Observations | Summaries:
     """Zeroed buffers for what each of ``steps`` decode steps stores: its observations
-    (``summarize_later``) or its summaries, ``[steps, ...]``."""
-    heads = (steps, cfg.num_hidden_layers, cfg.num_attention_heads)
+    (``summarize_later``) or its summaries, ``[steps, ...]``, split over ``mesh`` (one
+    device without one) as ``model.sharding.TELEMETRY`` says."""
+    shards = 1 if mesh is None else mesh.shape[sharding.DATA]
+    heads = (steps, cfg.num_hidden_layers, shards, cfg.num_attention_heads)
     keys = capacity + steps
-    zeros = jnp.zeros
+
+    def zeros(shape, name, dtype=jnp.float32):
+        return sharding.zeros(shape, dtype, sharding.TELEMETRY[name], mesh)
+
     if summarize_later(cfg, capacity, steps):
+        rows = (*heads, keys)
         return Observations(
-            zeros((*heads, keys)), zeros((*heads, keys)), zeros(heads), zeros(heads)
+            zeros(rows, "rows"), zeros(rows, "rows"), zeros(heads, "heads"), zeros(heads, "heads")
         )
-    metrics = {name: zeros(heads) for name in HeadStats.METRICS}
-    return Summaries(**metrics, argmax=zeros(heads, jnp.int32), row=zeros((steps, keys)))
+    metrics = {name: zeros(heads, "heads") for name in HeadStats.METRICS}
+    row = zeros((steps, shards, keys), "row")
+    return Summaries(**metrics, argmax=zeros(heads, "heads", jnp.int32), row=row)
