@@ -9,8 +9,9 @@ Our parameters carry the same names and shapes; only the vision tower's blocks a
 
 Loading streams: every parameter is read from the memory-mapped files into its final
 array, one at a time, so the host holds at most one tensor besides the model. Each array
-is placed by ``place(shape, dtype, read)`` (one device by default; ``read(index)`` reads any
-slice of it, so a sharded placement reads only each device's part). Every failure raises
+is placed by ``place(path, shape, dtype, read)`` (one device by default; ``read(index)``
+reads any slice of it, so a sharded placement reads only each device's part:
+``model.sharding.placement``). Every failure raises
 ``CheckpointError`` with one line naming the file or tensor.
 """
 
@@ -57,10 +58,10 @@ class LoadProgress:
 
 
 Read = Callable[[tuple[slice, ...]], np.ndarray]
-Place = Callable[[tuple[int, ...], np.dtype, Read], jax.Array]
+Place = Callable[[tuple, tuple[int, ...], np.dtype, Read], jax.Array]  # (path, shape, ...)
 
 
-def place_on_one_device(shape: tuple[int, ...], dtype, read: Read) -> jax.Array:
+def place_on_one_device(path: tuple, shape: tuple[int, ...], dtype, read: Read) -> jax.Array:
     """The default placement: the whole array on the default device."""
     return jax.device_put(read(tuple(slice(0, n) for n in shape)))
 
@@ -96,6 +97,11 @@ def _read_config(path: Path) -> tuple[Qwen3VLConfig, dict]:
     except ConfigError as e:
         msg = str(e) if str(e).startswith(str(config_file)) else f"{config_file}: {e}"
         raise CheckpointError(msg) from None
+
+
+def load_config(path) -> Qwen3VLConfig:
+    """The ``config.json`` of a checkpoint directory."""
+    return _read_config(Path(path))[0]
 
 
 def _tensor_files(path: Path) -> list[Path]:
@@ -180,7 +186,8 @@ def load_pretrained(
         dtype: the parameters' dtype: ``"auto"`` (the checkpoint's own, ``checkpoint_dtype``,
             as transformers' ``torch_dtype="auto"``), ``"bfloat16"``, ``"float32"`` or a
             numpy / JAX dtype.
-        place: builds each parameter's array from ``read(index)`` (module docstring).
+        place: builds each parameter's array (its path, shape and dtype) from ``read(index)``
+            (module docstring).
         on_progress: called after each parameter with the ``LoadProgress`` so far.
     Returns:
         the model.
@@ -203,7 +210,7 @@ def load_pretrained(
         arrays = {}
         for key in sorted(params, key=lambda key: sources[key][0].file):
             read = functools.partial(reader.read, sources[key], key[:2] == STACKED)
-            arrays[key] = place(params[key].shape, dtype, read)
+            arrays[key] = place(key, params[key].shape, dtype, read)
             loaded += math.prod(params[key].shape) * dtype.itemsize
             if on_progress is not None:
                 done = sources[key][0].file  # files before this one are done

@@ -185,6 +185,15 @@ def placement(config: Qwen3VLConfig, mesh: Mesh):
     return place
 
 
+def load(path, mesh: Mesh, dtype="auto", on_progress=None):
+    """``model.checkpoint.load_pretrained`` of ``path`` onto ``mesh``: each device reads only
+    its slices from the files, and no host or device ever holds the whole model."""
+    from model.checkpoint import load_config, load_pretrained
+
+    place = placement(load_config(path), mesh)
+    return load_pretrained(path, dtype, place=place, on_progress=on_progress)
+
+
 def shard_model(m, mesh: Mesh):
     """``m`` with every parameter placed on ``mesh`` by the table (a new module)."""
     from flax import nnx
