@@ -73,7 +73,7 @@ class _stop_on_signals:
         if self.stopped_by:
             raise KeyboardInterrupt
         self.stopped_by.append(signum)
-        print("stopping at the next decode chunk (again to interrupt)", file=sys.stderr)
+        print("stopping the rollout (again to interrupt it)", file=sys.stderr)
         self.control.stop()
 
     def __enter__(self) -> None:

@@ -215,7 +215,9 @@ class Publisher:
             self._pub = self._socket(zmq.PUB, self.endpoints.data)
             router = self._socket(zmq.ROUTER, self.endpoints.control)
         except zmq.ZMQError as e:
-            self._stop_context()
+            if self._auth is not None:
+                self._auth.stop()
+            self._ctx.destroy(linger=0)
             raise endpoint.AddressError(f"{self.endpoints.address}: {e.strerror}") from None
         self._lock = threading.Lock()  # one emit, or one change of who watches
         self._seq = 0
@@ -284,15 +286,12 @@ class Publisher:
         self._closing.set()
         self._thread.join()
         self._pub.close()
-        self._stop_context()
-        for path in self.endpoints.files:  # ZeroMQ leaves the socket files behind
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
-
-    def _stop_context(self) -> None:
         if self._auth is not None:
             self._auth.stop()
         self._ctx.term()
+        for path in self.endpoints.files:  # ZeroMQ leaves the socket files behind
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
 
     def __enter__(self) -> Publisher:
         return self

@@ -114,6 +114,13 @@ def test_bad_or_open_addresses_are_refused(address, message):
         publish.Publisher(address)
 
 
+def test_a_port_in_use_is_one_line():
+    address = f"tcp://127.0.0.1:{free_port_pair()}"
+    in_use = pytest.raises(endpoint.AddressError, match=f"{address}: Address already in use")
+    with publish.Publisher(address), in_use:
+        publish.Publisher(address)
+
+
 def test_loopback_addresses_need_no_key():
     assert endpoint.parse("tcp://127.0.0.1:5555").loopback
     assert endpoint.parse("tcp://localhost:5555").loopback
