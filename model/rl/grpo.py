@@ -131,7 +131,7 @@ def grpo_loss(logits: jax.Array, batch: Batch, cfg: GRPOConfig) -> tuple[jax.Arr
     metrics = {
         "loss": loss,
         "kl": masked_mean(kl, batch.mask),
-        "clip_frac": masked_mean(is_clipped, batch.mask),
+        "clip_ratio": masked_mean(is_clipped, batch.mask),
         "entropy": masked_mean(token_entropy(logits, cfg.temperature), batch.mask),
     }
     return loss, metrics

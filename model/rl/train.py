@@ -23,7 +23,7 @@ answers (``model.rl.policy.forward_windows``): the answers are a tenth of the to
 
 ``python -m model rl --steps N --json`` runs it headless and prints one JSON object per
 update: step, reward_mean, reward_std (over the step's ``P * G`` answers), kl, loss,
-clip_frac, entropy, grad_norm, tokens_per_s (new tokens of all answers per second of
+clip_ratio, entropy, grad_norm, tokens_per_s (new tokens of all answers per second of
 sampling, prefill included), qtypes and seconds (wall time of the step).
 """
 
@@ -81,7 +81,7 @@ DEFAULT_SETTINGS = GRPOSettings()
 
 # the metrics of a step: TrainEvent's fields and the headless JSON output's
 METRIC_KEYS = (
-    "reward_mean", "reward_std", "kl", "loss", "clip_frac", "entropy", "grad_norm", "tokens_per_s",
+    "reward_mean", "reward_std", "kl", "loss", "clip_ratio", "entropy", "grad_norm", "tokens_per_s",
 )  # fmt: skip
 
 
@@ -100,7 +100,7 @@ class StepResult:
     answers: list[list[str]]  # [P][G] decoded answers
     rewards: np.ndarray  # [P, G] float32
     advantages: np.ndarray  # [P, G] float32
-    metrics: dict[str, float]  # loss, kl, clip_frac, entropy, grad_norm, reward_*, tokens_per_s
+    metrics: dict[str, float]  # loss, kl, clip_ratio, entropy, grad_norm, reward_*, tokens_per_s
     credit: list[list[np.ndarray]]  # [P][G] per-token credit of each answer (EOS included)
 
 
@@ -189,7 +189,7 @@ class GRPOTrainer:
     def update(self, groups: list[tuple[dict, Generation, np.ndarray]]):
         """``updates_per_batch`` optimizer updates on ``groups`` of ``(prepared prompt,
         generation, rewards [G])``; returns ``(metrics, advantages [P, G], credit [P][G])``:
-        the metrics averaged over the updates (``clip_frac`` is 0 in the first, on-policy
+        the metrics averaged over the updates (``clip_ratio`` is 0 in the first, on-policy
         one), the credit of the first update (the policy gradient of the sampled answers). The
         update's shape is ``P`` prompts with their images and ``P * G`` answer windows
         (``policy.pack_windows``): compiled once per ``P`` and ``G``."""

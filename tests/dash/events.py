@@ -166,17 +166,46 @@ STATS_FIELDS = (*tm.HeadStats.METRICS, "argmax")
 
 
 def train(step: int = 3, reward_mean: float = 0.625) -> tm.TrainEvent:
+    """Step ``step``'s metrics; those that vary over a run grow with ``step``."""
     return tm.TrainEvent(
         step=step,
         reward_mean=reward_mean,
         reward_std=0.25,
+        reward_by_type={"color": 0.5 + step / 100, "count": 0.75},
+        frac_reward_zero_std=0.25,
+        completions_mean_length=2.5,
+        completions_min_length=2.0,
+        completions_max_length=4.0,
+        completions_clipped_ratio=0.125,
         kl=0.0125,
         loss=-0.0312,
-        clip_frac=0.1,
+        clip_ratio=0.1,
         entropy=1.5,
         grad_norm=0.8,
+        advantages_min=-1.5,
+        advantages_mean=0.0,
+        advantages_max=1.25,
         tokens_per_s=250.0,
+        timing_s={"gen": 2.0, "reward": 0.01, "update_actor": 4.0, "step": 6.0 + step},
         rewards=np.array([1.0, 0.5, 0.5, 0.5], np.float32),
+    )
+
+
+def group(step: int = 3, rewards=(1.0, 0.0, 0.5, -0.5)) -> tm.GroupEvent:
+    """The scored group of step ``step``: four answers; answer 3 was cut by the limit."""
+    tokens = (("blue", "<|im_end|>"), ("red", "<|im_end|>"), ("top", " left", "<|im_end|>"))
+    tokens += (("\x1b[31mred", "red", "red", "red"),)
+    width = max(map(len, tokens))
+    logprobs = -np.arange(4 * width, dtype=np.float32).reshape(4, width) / 8
+    return tm.GroupEvent(
+        step=step,
+        question="What colour is the circle?",
+        tokens=tokens,
+        rewards=np.array(rewards, np.float32),
+        advantages=np.array([1.3, -0.4, 0.4, -1.3], np.float32),
+        truncated=np.array([False, False, False, True]),
+        logprobs=logprobs,
+        entropies=-logprobs / 2,
     )
 
 

@@ -79,7 +79,7 @@ def _reference(x, w, b):
     metrics = {
         "loss": loss,
         "kl": (weight * kl).sum(),
-        "clip_frac": (weight * clipped_count).sum(),
+        "clip_ratio": (weight * clipped_count).sum(),
         "entropy": (weight * entropy).sum(),
     }
     return loss, dloss_dz, dloss_dw, metrics, (p, onehot, weight, dloss_dlogp)
@@ -122,7 +122,7 @@ def test_clip_fraction_on_hand_made_ratios():
         advantages=jnp.asarray(adv),
     )
     _, m = grpo.grpo_loss(logits, batch, grpo.GRPOConfig(clip_eps=0.2, kl_coef=0.0))
-    assert float(m["clip_frac"]) == pytest.approx(2 / 6, abs=1e-6)
+    assert float(m["clip_ratio"]) == pytest.approx(2 / 6, abs=1e-6)
     assert float(m["kl"]) == pytest.approx(0.0, abs=1e-7)
     assert float(m["entropy"]) == pytest.approx(np.log(4), rel=1e-6)
 
@@ -146,7 +146,7 @@ def test_one_step_matches_numpy_reference(toy):
     for k, v in metrics_ref.items():
         assert float(metrics[k]) == pytest.approx(v, rel=1e-5, abs=1e-7), k
     # the batch exercises both clipped and unclipped tokens
-    assert 0.0 < metrics_ref["clip_frac"] < 1.0
+    assert 0.0 < metrics_ref["clip_ratio"] < 1.0
     # gradient w.r.t. the logits themselves
     dz = jax.grad(lambda z: grpo.grpo_loss(z, batch, CFG)[0])(xj @ jnp.asarray(w))
     np.testing.assert_allclose(np.asarray(dz), dz_ref, rtol=1e-4, atol=1e-7)
@@ -230,5 +230,5 @@ def test_on_policy_batch_has_ratio_one_and_clips_nothing(toy):
     _, metrics, grads, _ = grpo.grpo_gradients(
         lambda w_: xj @ w_, wj, dataclasses.replace(batch, old_logp=current), CFG
     )
-    assert float(metrics["clip_frac"]) == 0.0
+    assert float(metrics["clip_ratio"]) == 0.0
     assert np.isfinite(np.asarray(grads)).all()

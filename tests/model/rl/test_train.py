@@ -47,7 +47,7 @@ def test_steps_update_the_policy_with_one_compiled_update(trainer, monkeypatch):
         assert r.rewards.shape == (1, 4)
         assert r.metrics["reward_mean"] == pytest.approx(float(r.rewards.mean()))
         assert r.metrics["tokens_per_s"] > 0
-        assert 0.0 <= r.metrics["clip_frac"] <= 1.0
+        assert 0.0 <= r.metrics["clip_ratio"] <= 1.0
         assert [len(c) for c in r.credit[0]] == r.generations[0].lengths.tolist()
     # the frozen reference is untouched, the policy moved
     for a, b in zip(jax.tree.leaves(trainer.ref_state), before, strict=True):
@@ -66,7 +66,7 @@ def test_each_sampled_batch_gets_updates_per_batch_updates(random_model, embedde
         result = step(trainer, task, 0)
         assert int(optax.tree.get(trainer.opt_state, "count")) == mu
         if mu == 1:  # a single update is on-policy: its ratio is 1, nothing is clipped
-            assert result.metrics["clip_frac"] == 0.0
+            assert result.metrics["clip_ratio"] == 0.0
 
 
 def test_update_credit_follows_the_advantage(trainer):
