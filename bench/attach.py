@@ -262,6 +262,7 @@ def _long_stall(publisher, tap: _Tap, episodes, minutes: float) -> list[tuple[st
     samples: list[tuple[float, float, float]] = []  # (seconds, RSS MB, tok/s)
     start = time.monotonic()
     while time.monotonic() - start < minutes * 60:
+        tap.emitted.clear()  # only the latencies of the interleaved reps are kept
         rate = tap.measure(episodes(4))["tokens_per_s"]
         if not samples or time.monotonic() - start - samples[-1][0] >= 15:
             samples.append((time.monotonic() - start, _rss_mb(), rate))

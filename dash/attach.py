@@ -61,9 +61,9 @@ MONITORED = (
 
 class RemoteControl(tm.RolloutControl):
     """The dashboard's control in an attached viewer. While this viewer holds control, the
-    selection, pause and single step are kept here and sent to the producer; otherwise they
-    are not sent, and ``selection`` / ``paused`` are the producer's (the dashboard shows
-    them, ``App._show``)."""
+    selection, pause, single step and new prompts are sent to the producer (the selection
+    and pause also kept here); otherwise nothing is sent, and ``selection`` / ``paused``
+    are the producer's (the dashboard shows them, ``App._show``)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -83,6 +83,10 @@ class RemoteControl(tm.RolloutControl):
     def step_once(self) -> None:
         if self.in_control:
             self.requests.put({"op": "step"})
+
+    def submit_prompt(self, text: str) -> None:
+        if self.in_control:
+            self.requests.put({"op": "prompt", "text": text})
 
     def take_control(self) -> None:
         self.requests.put({"op": "take"})

@@ -23,6 +23,7 @@ Requests are maps with an ``"op"`` (``wire.encode``); each is answered to its se
 | select | selection (``[sample, layer, head]``) | |
 | pause | paused (bool) | |
 | step | | |
+| prompt | text (a new prompt, ``RolloutControl.submit_prompt``) | |
 | take | | |
 | bye | | |
 
@@ -34,8 +35,8 @@ status. A request of a viewer that is not attached (no hello, or forgotten) is a
 version), garbage is dropped and counted (``counts``).
 
 Control: the first viewer to attach holds it; ``take`` gives it to the viewer that asks.
-Only the controller's select / pause / step reach ``control`` (the selection clamped to the
-run's sizes). A viewer that says bye or is silent for ``VIEWER_TIMEOUT_S`` is forgotten;
+Only the controller's select / pause / step / prompt reach ``control`` (the selection clamped
+to the run's sizes). A viewer that says bye or is silent for ``VIEWER_TIMEOUT_S`` is forgotten;
 control passes to the longest-attached viewer left, and once nobody is attached a paused
 rollout resumes: a job nobody watches never waits.
 """
@@ -350,7 +351,7 @@ class Publisher:
                 self._broadcast(router)
             case "bye":
                 self._detach(router, identity)
-            case "select" | "pause" | "step" if identity != self._controller:
+            case "select" | "pause" | "step" | "prompt" if identity != self._controller:
                 pass  # only the controller steers
             case "select" if self._select(body.get("selection")):
                 self._broadcast(router)
@@ -359,6 +360,8 @@ class Publisher:
                 self._broadcast(router)
             case "step":
                 self.control.step_once()
+            case "prompt" if isinstance(body.get("text"), str):
+                self.control.submit_prompt(body["text"])
             case _:
                 self._bad_requests += 1
 

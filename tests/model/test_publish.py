@@ -192,8 +192,11 @@ def test_only_the_controller_steers_and_control_passes_on(publisher, ctx):
     first.send({"op": "pause", "paused": True})
     assert second.latest_status()["selection"] == [ev.run_info().batch_size - 1, 5, 0]
     assert control.selection == (3, 5, 0) and control.paused
+    second.send({"op": "prompt", "text": "not the controller's"})
+    first.send({"op": "prompt", "text": "What is left of the circle?"})
     first.send({"op": "step"})
     time.sleep(0.2)
+    assert control.next_prompt() == "What is left of the circle?"
     done = threading.Event()
     threading.Thread(target=lambda: done.set() if control.gate() else None).start()
     assert done.wait(2)  # the one step granted
