@@ -9,6 +9,8 @@ import sys
 import tempfile
 import traceback
 
+from model import distributed
+
 PROG = "python -m dash"
 
 
@@ -77,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     link.add_argument("--keys", metavar="DIR", help="--serve: the CURVE key directory")
     link.add_argument("--key", metavar="KEY", help="--attach: the key --serve printed, or @FILE")
+    distributed.add_arguments(p)
     return p
 
 
@@ -108,6 +111,8 @@ def _check(args: argparse.Namespace, parser: argparse.ArgumentParser) -> tuple[i
         parser.error("--serve runs headless; it cannot be combined with --snapshot or --attach")
     if args.attach is not None and (args.model or args.replay or args.record or args.snapshot):
         parser.error("--attach shows a --serve run: --model, --replay and --record go there")
+    if (args.replay or args.attach is not None) and distributed.requested(args):
+        parser.error("--mesh and the options of several processes are for a live run")
     if (args.allow_remote or args.keys) and args.serve is None:
         parser.error("--allow-remote and --keys are for --serve")
     if args.key and args.attach is None:
@@ -159,8 +164,9 @@ class _Status:
             print(" " * len(self.text), end="\r", file=sys.stderr, flush=True)
 
 
-def _source(args: argparse.Namespace, status: _Status):
-    """(rollout_fn, header label) for the chosen source; loading reports to ``status``."""
+def _source(args: argparse.Namespace, status: _Status, mesh=None):
+    """(rollout_fn, header label) for the chosen source; loading reports to ``status``; a
+    live run's model is placed on ``mesh`` (one device: ``None``)."""
     from dash import record, sources
 
     if args.replay:
@@ -180,10 +186,29 @@ def _source(args: argparse.Namespace, status: _Status):
             dtype=args.dtype,
             cache=args.cache,
             on_progress=status.loading,
+            mesh=mesh,
         )
         return fn, f"model {os.path.basename(os.path.normpath(args.model))}"
-    fn = sources.default_source(seed=args.seed, dtype=args.dtype)
+    fn = sources.default_source(seed=args.seed, dtype=args.dtype, mesh=mesh)
     return fn, ""
+
+
+def _mesh_label(mesh) -> str:
+    return "x".join(str(n) for n in mesh.shape.values())  # data x model
+
+
+def _headless(args: argparse.Namespace, mesh) -> int:
+    """A process other than 0 of a run of several: the same rollout without a screen, steered
+    by process 0 (``model.distributed``)."""
+    from dash import sources
+
+    try:
+        rollout_fn, _ = _source(args, _Status("loading the model…"), mesh)
+    except sources.SourceError as e:
+        print(f"{PROG}: {e}", file=sys.stderr)
+        return 2
+    distributed.following(rollout_fn)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -192,6 +217,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     size = _check(args, parser)
+    try:
+        mesh = distributed.setup(args)  # before JAX's first computation
+    except distributed.SetupError as e:
+        print(f"{PROG}: {e}", file=sys.stderr)
+        return 2
+    if mesh is not None and not distributed.is_leader():
+        return _headless(args, mesh)
     headless = args.snapshot or args.serve is not None
     if not headless and not (sys.stdin.isatty() and sys.stdout.isatty()):
         print(
@@ -207,12 +239,15 @@ def main(argv: list[str] | None = None) -> int:
         return _attach(args)
     loading = _Status(f"reading {args.replay}…" if args.replay else "loading the model…")
     try:
-        rollout_fn, label = _source(args, loading)
+        rollout_fn, label = _source(args, loading, mesh)
     except (sources.SourceError, record.ReplayError) as e:
         loading.clear()
         print(f"{PROG}: {e}", file=sys.stderr)
         return 2
     loading.clear()
+    if mesh is not None:
+        rollout_fn = distributed.leading(rollout_fn)
+        label = " · ".join(filter(None, [label, f"mesh {_mesh_label(mesh)}"]))
     if args.serve is not None:
         from dash.serving import serve
 

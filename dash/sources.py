@@ -17,18 +17,38 @@ class SourceError(ValueError):
     """Bad input for a rollout source; the message is one line for the user."""
 
 
-def _load(model_dir: Path, dtype: str = "auto", on_progress=None):
+def _load(model_dir: Path, dtype: str = "auto", on_progress=None, mesh=None):
     """(model, processor) of a checkpoint directory, with one-line errors; ``on_progress``
-    receives the loader's ``LoadProgress``."""
+    receives the loader's ``LoadProgress``; with a ``mesh`` each device loads its slices."""
     import model
+    from model import sharding
     from model.processor import Processor, ProcessorError
 
     try:
-        m = model.load_pretrained(model_dir, dtype, on_progress=on_progress)
+        if mesh is None:
+            m = model.load_pretrained(model_dir, dtype, on_progress=on_progress)
+        else:
+            m = sharding.load(model_dir, mesh, dtype, on_progress=on_progress)
         processor = Processor.from_pretrained(model_dir)
+    except sharding.MeshError as e:
+        raise SourceError(str(e)) from None
     except (model.CheckpointError, ProcessorError) as e:
         raise SourceError(f"--model {model_dir}: {e}") from None
     return m, processor
+
+
+def _on_mesh(m, mesh, batch: int, what: str):
+    """``m`` placed on ``mesh`` (as it is without one), checked against the ``batch`` of
+    rows it decodes together."""
+    from model import sharding
+
+    if mesh is None:
+        return m
+    try:
+        sharding.check_batch(batch, mesh, what)
+        return sharding.shard_model(m, mesh)  # a loaded model is placed already: no copy
+    except sharding.MeshError as e:
+        raise SourceError(str(e)) from None
 
 
 def model_source(
@@ -42,10 +62,11 @@ def model_source(
     dtype: str = "auto",
     cache: int = DEFAULT_CACHE,
     on_progress=None,
+    mesh=None,
 ):
     """Inference with a Hugging Face Qwen3-VL checkpoint directory, in ``dtype``: it answers
     ``prompt``, then each prompt the viewer sends, with a KV cache of ``cache`` slots
-    (``model.rollout.answer_questions``)."""
+    (``model.rollout.answer_questions``); on ``mesh`` when given."""
     from model.processor import ProcessorError, load_image
     from model.rollout import PromptError, Question, answer_questions, check_question
 
@@ -60,7 +81,8 @@ def model_source(
             picture = load_image(image)
         except ProcessorError as e:
             raise SourceError(f"--image {image}: {e}") from None
-    m, processor = _load(path, dtype, on_progress)
+    m, processor = _load(path, dtype, on_progress, mesh)
+    m = _on_mesh(m, mesh, 1, "the batch")
     first = Question(prompt or DEFAULT_PROMPT, picture)
     try:
         check_question(processor, first, cache, max_new_tokens)
@@ -84,12 +106,12 @@ def model_source(
     return run
 
 
-def default_source(*, seed: int, group_size: int = 8, dtype: str = "auto"):
+def default_source(*, seed: int, group_size: int = 8, dtype: str = "auto", mesh=None):
     """The embedded tiny Qwen3-VL (``assets/tiny-qwen3vl``) learning the synthetic visual
     task live with GRPO (``model.rl.live.run_grpo``): a group of ``group_size`` answers per
     question, rewarded, then one policy update, until stopped. Without the trained weights
     in the assets it starts from a random initialisation of that model, and the header
-    says so."""
+    says so. On ``mesh`` when given (the group goes over its data axis)."""
     import model
     from model.processor import Processor, ProcessorError
     from model.rl.live import run_grpo
@@ -104,7 +126,8 @@ def default_source(*, seed: int, group_size: int = 8, dtype: str = "auto"):
     if random_init:
         m = model.init_random(tiny_config(processor), seed)
     else:
-        m, _ = _load(EMBEDDED, dtype)
+        m, _ = _load(EMBEDDED, dtype, mesh=mesh)
+    m = _on_mesh(m, mesh, group_size, "the GRPO group")
     task = Task("train", seed)
 
     def run(sink, control) -> None:

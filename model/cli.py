@@ -10,6 +10,8 @@ import argparse
 import importlib
 import os
 
+from model import distributed
+
 COMMANDS = {
     "generate": "model.generate",
     "pretrain": "model.rl.pretrain",
@@ -44,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--top-p", type=float, default=1.0, metavar="P")
     g.add_argument("--seed", type=int, default=0)
     add_dtype(g)
+    distributed.add_arguments(g)
 
     pt = sub.add_parser("pretrain", help="supervised pretraining of the embedded tiny model")
     pt.add_argument("--out", default="assets/tiny-qwen3vl", metavar="DIR")
@@ -65,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     rl.add_argument("--allow-remote", action="store_true", help="--serve on a non-loopback address")
     rl.add_argument("--keys", metavar="DIR", help="--serve --allow-remote: CURVE key directory")
     add_dtype(rl)
+    distributed.add_arguments(rl)
     return p
 
 

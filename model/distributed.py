@@ -73,12 +73,10 @@ def setup(args: argparse.Namespace):
     """Join the run (when ``--coordinator`` or ``JAX_COORDINATOR_ADDRESS`` says there are
     several processes) and make the ``--mesh``; returns the mesh, ``None`` for one device.
     Must run before JAX's first computation. Raises ``SetupError``."""
-    from model import sharding
-
     coordinator = args.coordinator or os.environ.get("JAX_COORDINATOR_ADDRESS")
     processes = args.num_processes or _env_int("JAX_NUM_PROCESSES")
     process_id = args.process_id if args.process_id is not None else _env_int("JAX_PROCESS_ID")
-    if coordinator or processes:
+    if coordinator or processes or args.process_id is not None:
         if not (coordinator and processes and process_id is not None):
             raise SetupError(
                 "several processes need --coordinator, --num-processes and --process-id"
@@ -90,12 +88,33 @@ def setup(args: argparse.Namespace):
         initialize(coordinator, processes, process_id)
     if not args.mesh:
         return None
+    from model import sharding
+
     try:
         sizes = sharding.parse_mesh(args.mesh)
         mesh = sharding.make_mesh(sizes[sharding.DATA], sizes[sharding.MODEL])
     except sharding.MeshError as e:
         raise SetupError(str(e)) from None
     return mesh if mesh.size > 1 else None
+
+
+def requested(args: argparse.Namespace) -> bool:
+    """Whether ``args`` ask for a mesh or for several processes."""
+    return bool(args.mesh or args.coordinator or args.num_processes or args.process_id is not None)
+
+
+def leading(rollout_fn):
+    """``rollout_fn(sink, control)`` for process 0: with several processes, the viewer's
+    control is shared with the others (``SharedControl``)."""
+    if not several():
+        return rollout_fn
+    return lambda sink, control: rollout_fn(sink, SharedControl(control))
+
+
+def following(rollout_fn) -> None:
+    """Run ``rollout_fn`` in a process other than 0: its events dropped, process 0's
+    decisions obeyed, until process 0 stops."""
+    rollout_fn(HeadlessSink(), SharedControl())
 
 
 def _env_int(name: str) -> int | None:
@@ -109,10 +128,13 @@ def _env_int(name: str) -> int | None:
 
 
 def initialize(coordinator: str, num_processes: int, process_id: int) -> None:
-    """``jax.distributed.initialize``; processes on CPUs talk over gloo."""
+    """``jax.distributed.initialize``. Processes on CPUs talk over gloo, and run one program
+    at a time: with two in flight, gloo could pair one program's collective with another's
+    (GPUs order them on their streams)."""
     import jax
 
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.config.update("jax_cpu_enable_async_dispatch", False)
     jax.distributed.initialize(coordinator, num_processes=num_processes, process_id=process_id)
 
 

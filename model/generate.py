@@ -1,7 +1,8 @@
 """``python -m model generate``: print a checkpoint's answer to a prompt (about an image).
 
-Bad input (checkpoint, processor files, image, sampling options) prints one line on stderr
-and exits with status 2.
+Bad input (checkpoint, processor files, image, sampling options, a ``--mesh`` that does not
+fit) prints one line on stderr and exits with status 2. With several processes, process 0
+prints the answer.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import sys
 
 
 def cli_main(args: argparse.Namespace) -> int:
+    from model import distributed, sharding
     from model.checkpoint import CheckpointError, load_pretrained
     from model.decode import generate
     from model.processor import Processor, ProcessorError, load_image
@@ -21,7 +23,12 @@ def cli_main(args: argparse.Namespace) -> int:
         if args.max_new_tokens < 1:
             raise ValueError("--max-new-tokens must be >= 1")
         image = load_image(args.image) if args.image else None
-        m = load_pretrained(args.model, args.dtype)
+        mesh = distributed.setup(args)  # several devices or processes: --mesh and the rest
+        sharding.check_batch(1, mesh)
+        if mesh is None:
+            m = load_pretrained(args.model, args.dtype)
+        else:
+            m = sharding.load(args.model, mesh, args.dtype)
         processor = Processor.from_pretrained(args.model)
         inputs = processor.prepare(args.prompt, [image] if image is not None else [])
     except (CheckpointError, ProcessorError, ValueError) as e:
@@ -38,5 +45,6 @@ def cli_main(args: argparse.Namespace) -> int:
         seed=args.seed,
         telemetry=False,
     )
-    print(processor.decode(gen.tokens[0, : gen.lengths[0]]))
+    if distributed.is_leader():
+        print(processor.decode(gen.tokens[0, : gen.lengths[0]]))
     return 0

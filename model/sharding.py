@@ -92,6 +92,21 @@ TELEMETRY = {
 }
 
 
+# a GRPO update's batch (``model.rl.policy.Windows`` and its prompts' ``Sequences``) by
+# field name: every other field (the images' grid inputs) is replicated
+BATCH = {
+    "input_ids": ("batch", None),  # [B, T]
+    "positions": (None, "batch", None),  # [3, B, T]
+    "targets": ("batch", None),
+    "mask": ("batch", None),
+    "image_slots": ("batch", None),  # [B, K]
+    "image_of_row": ("batch",),
+    "pixels": ("batch", None, None),  # [images, patches, C*Tp*P*P]
+    "prompt_of_row": ("batch",),
+    "start": ("batch",),
+}
+
+
 class MeshError(ValueError):
     """A mesh that does not fit the devices or the model; the message is one line."""
 
@@ -108,14 +123,15 @@ def parse_mesh(text: str) -> dict[str, int]:
 
 
 def make_mesh(data: int = 1, model: int = 1, devices=None) -> Mesh:
-    """A ``data x model`` mesh of ``devices`` (default: every device of every process)."""
+    """A ``data x model`` mesh of the first ``data * model`` of ``devices`` (default: every
+    device of every process, all of which a run of several processes must use)."""
     devices = jax.devices() if devices is None else list(devices)
-    if data * model != len(devices):
+    n = data * model
+    if n > len(devices) or (n < len(devices) and jax.process_count() > 1):
         raise MeshError(
-            f"mesh data={data},model={model} needs {data * model} devices, "
-            f"{len(devices)} are visible"
+            f"mesh data={data},model={model} needs {n} devices, {len(devices)} are visible"
         )
-    return Mesh(np.asarray(devices).reshape(data, model), (DATA, MODEL))
+    return Mesh(np.asarray(devices[:n]).reshape(data, model), (DATA, MODEL))
 
 
 def mesh_text(mesh: Mesh) -> str:
@@ -134,12 +150,12 @@ def check(config: Qwen3VLConfig, mesh: Mesh) -> None:
             raise MeshError(f"mesh {mesh_text(mesh)}: model={size} does not divide {name} {value}")
 
 
-def check_batch(batch: int, mesh: Mesh | None, what: str = "batch") -> None:
+def check_batch(batch: int, mesh: Mesh | None, what: str = "the batch") -> None:
     """Raise ``MeshError`` when the ``data`` axis does not divide a ``batch`` of rows."""
     if mesh is not None and batch % mesh.shape[DATA]:
+        rows = f"{batch} row{'s' if batch != 1 else ''}"
         raise MeshError(
-            f"mesh {mesh_text(mesh)}: data={mesh.shape[DATA]} does not divide the {what} of "
-            f"{batch} rows"
+            f"mesh {mesh_text(mesh)}: data={mesh.shape[DATA]} does not divide {what} ({rows})"
         )
 
 
@@ -303,6 +319,28 @@ def put(value, axes: tuple[str | None, ...], mesh: Mesh | None) -> jax.Array:
     value = np.asarray(value)
     sharding = NamedSharding(mesh, spec(axes, value.shape, mesh.shape))
     return jax.make_array_from_callback(value.shape, sharding, lambda index: value[index])
+
+
+def put_batch(tree, mesh: Mesh | None):
+    """The arrays of a GRPO update's batch on ``mesh``, split by ``BATCH``."""
+    if mesh is None:
+        return tree
+
+    def place(path, value):
+        axes = BATCH.get(getattr(path[-1], "name", None))
+        return put(value, axes or (None,) * np.ndim(value), mesh)
+
+    return jax.tree_util.tree_map_with_path(place, tree)
+
+
+def fetch(x: jax.Array) -> np.ndarray:
+    """``x`` whole on the host of every process (a split result of a run of several
+    processes is gathered from all of them: every process must call this alike)."""
+    if x.is_fully_addressable or x.is_fully_replicated:
+        return np.asarray(x)
+    from jax.experimental import multihost_utils
+
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
 @functools.lru_cache(maxsize=16)
