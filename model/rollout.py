@@ -114,12 +114,15 @@ def sample_watched(
     episode: int,
     seed: int,
     num_samples: int = 1,
+    target_cells: np.ndarray | None = None,
 ) -> Generation:
     """Decode ``num_samples`` answers to one prepared prompt (``processor.prepare``
     output), publishing the watched sample's telemetry: ``PhaseEvent`` prefill start and end,
     ``PrefillEvent``, ``PhaseEvent`` decode start, one ``DecodeChunk`` per chunk of the
     watched sample's tokens (``control.selection[0]``), ``PhaseEvent`` decode end; and a
-    ``compile`` phase before the prefill or a chunk whose programs compiled."""
+    ``compile`` phase before the prefill or a chunk whose programs compiled. ``target_cells``
+    (``[m, 2]``: merged cells of what the question asks about, when a task knows them) go
+    with the first image to the viewer (``ImageInfo.target_cells``)."""
     cfg = m.config
     ids = inputs["input_ids"]
     texts = processor.token_texts
@@ -133,8 +136,9 @@ def sample_watched(
                 grid_thw=tuple(int(g) for g in grid),
                 merge_size=cfg.vision.spatial_merge_size,
                 pixels=thumbnail(image),
+                target_cells=target_cells if i == 0 else None,
             )
-            for span, grid in zip(spans, grids, strict=True)
+            for i, (span, grid) in enumerate(zip(spans, grids, strict=True))
         ]
 
     compiling = CompilePhase(sink)

@@ -152,17 +152,44 @@ def token_credit(
     return jnp.where(w > 0, raw / jnp.where(w > 0, w, 1.0), 0.0)
 
 
+@dataclasses.dataclass(frozen=True)
+class TokenValues:
+    """Per-token values of one update's forward and backward pass, each ``[B, T]``."""
+
+    credit: jax.Array  # module docstring; 0 on masked tokens
+    logprob: jax.Array  # log-prob of the token at the sampling temperature (before the update)
+    entropy: jax.Array  # nats, of the sampling distribution at the token's position
+
+
+jax.tree_util.register_dataclass(
+    TokenValues, data_fields=["credit", "logprob", "entropy"], meta_fields=[]
+)
+
+
 def grpo_gradients(
-    forward: Callable[[Any], jax.Array], params: Any, batch: Batch, cfg: GRPOConfig
-) -> tuple[jax.Array, dict, Any, jax.Array]:
+    forward: Callable[[Any], jax.Array],
+    params: Any,
+    batch: Batch,
+    cfg: GRPOConfig,
+    on_policy: jax.Array | bool = False,
+) -> tuple[jax.Array, dict, Any, TokenValues]:
     """One backward pass of the GRPO loss through ``forward(params) -> [B, T, V] logits``.
 
-    Returns ``(loss, metrics, grads, credit)``: the gradient w.r.t. the logits is computed
-    first, read for the credit, then pulled back through the model to the parameters. When
-    ``params`` are the parameters that sampled the batch, the ratio is 1 and the gradient is
-    the plain policy gradient.
+    Returns ``(loss, metrics, grads, tokens)``: the gradient w.r.t. the logits is computed
+    first, read for the credit, then pulled back through the model to the parameters.
+    ``on_policy`` (a bool, traced or not): ``params`` are the parameters that sampled the
+    batch, so ``batch.old_logp`` is ignored and taken from this very forward pass: the ratio
+    is exactly 1 and the gradient is the plain policy gradient.
     """
     logits, pullback = jax.vjp(forward, params)
+    logprob = token_logprobs(logits, batch.targets, cfg.temperature)
+    old = jnp.where(on_policy, jax.lax.stop_gradient(logprob), batch.old_logp)
+    batch = dataclasses.replace(batch, old_logp=old)
     (loss, metrics), logits_grad = jax.value_and_grad(grpo_loss, has_aux=True)(logits, batch, cfg)
     (grads,) = pullback(logits_grad)
-    return loss, metrics, grads, token_credit(logits, logits_grad, batch, cfg)
+    tokens = TokenValues(
+        credit=token_credit(logits, logits_grad, batch, cfg),
+        logprob=logprob,
+        entropy=token_entropy(logits, cfg.temperature),
+    )
+    return loss, metrics, grads, tokens

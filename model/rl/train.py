@@ -9,12 +9,12 @@ dashboard's live loop, ``model.rl.live``):
    with a viewer, the first group with the telemetry of ``model.rollout.sample_watched``);
 2. task rewards of the answers (``model.tasks``) and advantages normalised within each group;
 3. ``updates_per_batch`` (mu) AdamW updates of the GRPO objective (``model.rl.grpo``) on all
-   ``P * G`` answers, against the frozen initial policy. The behaviour log-probs are those of
-   the parameters that sampled the groups (one forward pass before the first update), so the
-   first update is the plain policy gradient (ratio 1) and the later ones are off-policy by
-   the earlier updates: their ratio moves and the clip (``clip_eps``) bounds how far. Reusing
-   each sampled batch this way learns more per sampled answer, sampling being the slow part
-   on a CPU.
+   ``P * G`` answers, against the frozen initial policy. The first update runs on the
+   parameters that sampled the groups: its own forward pass gives the behaviour log-probs
+   (ratio 1: the plain policy gradient) and each token's log-prob and entropy for the viewer;
+   the later ones are off-policy by the earlier updates: their ratio moves and the clip
+   (``clip_eps``) bounds how far. Reusing each sampled batch this way learns more per
+   sampled answer, sampling being the slow part on a CPU.
 
 The update runs on a fixed shape (``P`` prompts of ``LENGTH - max_new_tokens`` tokens with
 their images, and ``P * G`` answer windows of ``max_new_tokens`` tokens), so it is compiled
@@ -22,9 +22,10 @@ once and reused by every update of every step. Each prompt's forward runs once f
 answers (``model.rl.policy.forward_windows``): the answers are a tenth of the tokens.
 
 ``python -m model rl --steps N --json`` runs it headless and prints one JSON object per
-update: step, reward_mean, reward_std (over the step's ``P * G`` answers), kl, loss,
-clip_ratio, entropy, grad_norm, tokens_per_s (new tokens of all answers per second of
-sampling, prefill included), qtypes and seconds (wall time of the step).
+update: the fields of its ``TrainEvent`` (``step_metrics``: TRL's and verl's metric names;
+the rewards, lengths and advantages over the step's ``P * G`` answers, ``tokens_per_s`` new
+tokens of all answers per second of sampling, prefill included) and ``seconds``, the wall
+time of the step.
 """
 
 from __future__ import annotations
@@ -37,8 +38,10 @@ import sys
 import time
 import traceback
 from pathlib import Path
+from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
@@ -80,9 +83,9 @@ class GRPOSettings:
 DEFAULT_SETTINGS = GRPOSettings()
 
 # the metrics of a step: TrainEvent's fields and the headless JSON output's
-METRIC_KEYS = (
-    "reward_mean", "reward_std", "kl", "loss", "clip_ratio", "entropy", "grad_norm", "tokens_per_s",
-)  # fmt: skip
+METRIC_KEYS = tuple(
+    f.name for f in dataclasses.fields(tm.TrainEvent) if f.name not in ("step", "rewards")
+)
 
 
 def sample_seed(seed: int, step: int, index: int, prompts_per_step: int) -> int:
@@ -100,14 +103,18 @@ class StepResult:
     answers: list[list[str]]  # [P][G] decoded answers
     rewards: np.ndarray  # [P, G] float32
     advantages: np.ndarray  # [P, G] float32
-    metrics: dict[str, float]  # loss, kl, clip_ratio, entropy, grad_norm, reward_*, tokens_per_s
+    metrics: dict[str, Any]  # METRIC_KEYS (reward_by_type and timing_s are dicts)
     credit: list[list[np.ndarray]]  # [P][G] per-token credit of each answer (EOS included)
+    logprobs: list[list[np.ndarray]]  # [P][G] per-token log-prob under the sampling policy
+    entropies: list[list[np.ndarray]]  # [P][G] per-token entropy of the sampling policy
 
 
 def _make_update(graphdef, optimizer, objective: grpo.GRPOConfig, train_vision: bool):
     """The jitted ``logprobs(state, seqs) -> [B, L]`` (log-probs of the targets at the
     sampling temperature) and update ``(state, opt_state, seqs, advantages [B], old_logp
-    [B, L], ref_logp [B, L]) -> (state, opt_state, metrics, credit [B, L])``. With
+    [B, L], ref_logp [B, L], on_policy) -> (state, opt_state, metrics, tokens)``
+    (``grpo.grpo_gradients``; ``on_policy`` a bool array, so both kinds of update share one
+    compiled program). With
     ``train_vision`` False the vision tower's parameters get no gradient (zero: AdamW leaves
     them as they are, and XLA drops the vision tower's backward pass)."""
 
@@ -123,7 +130,7 @@ def _make_update(graphdef, optimizer, objective: grpo.GRPOConfig, train_vision: 
         return grpo.token_logprobs(forward(state, seqs), seqs.targets, objective.temperature)
 
     @jax.jit
-    def update(state, opt_state, seqs, advantages, old_logp, ref_logp):
+    def update(state, opt_state, seqs, advantages, old_logp, ref_logp, on_policy):
         batch = grpo.Batch(
             targets=seqs.targets,
             mask=seqs.mask,
@@ -131,12 +138,12 @@ def _make_update(graphdef, optimizer, objective: grpo.GRPOConfig, train_vision: 
             ref_logp=ref_logp,
             advantages=advantages,
         )
-        _, metrics, grads, credit = grpo.grpo_gradients(
-            lambda s: forward(s, seqs), state, batch, objective
+        _, metrics, grads, tokens = grpo.grpo_gradients(
+            lambda s: forward(s, seqs), state, batch, objective, on_policy
         )
         metrics["grad_norm"] = optax.tree.norm(grads)
         updates, opt_state = optimizer.update(grads, opt_state, state)
-        return optax.apply_updates(state, updates), opt_state, metrics, credit
+        return optax.apply_updates(state, updates), opt_state, metrics, tokens
 
     return logprobs, update
 
@@ -186,13 +193,15 @@ class GRPOTrainer:
         answers = [self.processor.decode(gen.tokens[b, : gen.lengths[b]]) for b in rows]
         return answers, np.asarray([task.reward(example, a) for a in answers], np.float32)
 
-    def update(self, groups: list[tuple[dict, Generation, np.ndarray]]):
+    def update(self, groups: list[tuple[dict, Generation, np.ndarray]], progress=None):
         """``updates_per_batch`` optimizer updates on ``groups`` of ``(prepared prompt,
-        generation, rewards [G])``; returns ``(metrics, advantages [P, G], credit [P][G])``:
-        the metrics averaged over the updates (``clip_ratio`` is 0 in the first, on-policy
-        one), the credit of the first update (the policy gradient of the sampled answers). The
-        update's shape is ``P`` prompts with their images and ``P * G`` answer windows
-        (``policy.pack_windows``): compiled once per ``P`` and ``G``."""
+        generation, rewards [G])``; ``progress(done, total)`` after each. Returns ``(metrics,
+        advantages [P, G], tokens)``: the metrics averaged over the updates (``clip_ratio`` is
+        0 in the first, on-policy one) and the first update's per-token values, ``{"credit",
+        "logprob", "entropy"}`` each ``[P][G]`` arrays of the answers' lengths (the credit is
+        the policy gradient of the sampled answers). The update's shape is ``P`` prompts with
+        their images and ``P * G`` answer windows (``policy.pack_windows``): compiled once per
+        ``P`` and ``G``."""
         prompts, answers, prompt_of_row, advantages = [], [], [], []
         for i, (inputs, gen, rewards) in enumerate(groups):
             prompts.append(inputs)
@@ -204,19 +213,35 @@ class GRPOTrainer:
             self.model.config, prompts, answers, prompt_of_row, LENGTH - width, width, pad
         )
         advantages = np.stack(advantages)
-        behaviour = self._logprobs(self.state, seqs)
         reference = self._logprobs(self.ref_state, seqs)  # once per batch, not per update
-        runs = []
-        for _ in range(self.settings.updates_per_batch):
-            self.state, self.opt_state, metrics, credit = self._update(
-                self.state, self.opt_state, seqs, advantages.reshape(-1), behaviour, reference
+        behaviour, runs, first = jnp.zeros_like(reference), [], None
+        total = self.settings.updates_per_batch
+        for k in range(total):
+            self.state, self.opt_state, metrics, tokens = self._update(
+                self.state,
+                self.opt_state,
+                seqs,
+                advantages.reshape(-1),
+                behaviour,
+                reference,
+                np.bool_(k == 0),
             )
-            runs.append((metrics, credit))
-        metrics = {k: float(np.mean([m[k] for m, _ in runs])) for k in runs[0][0]}
-        credit = np.asarray(runs[0][1])
-        per_answer, row = [], 0
+            if first is None:  # the sampling policy's own forward pass
+                first, behaviour = tokens, tokens.logprob
+            runs.append(metrics)
+            if progress is not None:
+                progress(k + 1, total)
+        metrics = {key: float(np.mean([m[key] for m in runs])) for key in runs[0]}
+        values = {
+            name: np.asarray(getattr(first, name)) for name in ("credit", "logprob", "entropy")
+        }
+        per_answer = {name: [] for name in values}
+        row = 0
         for _, gen, rewards in groups:  # a window starts at the first answer token's logits
-            per_answer.append([credit[row + b, : gen.lengths[b]] for b in range(len(rewards))])
+            for name, array in values.items():
+                per_answer[name].append(
+                    [array[row + b, : gen.lengths[b]] for b in range(len(rewards))]
+                )
             row += len(rewards)
         return metrics, advantages, per_answer
 
@@ -230,36 +255,44 @@ class GRPOTrainer:
 
         - the first question's group through ``model.rollout.sample_watched`` (the same code
           as inference): the watched sample's ``PhaseEvent`` prefill start/end,
-          ``PrefillEvent``, ``PhaseEvent`` decode start, one ``DecodeChunk`` per chunk of its
-          tokens, ``PhaseEvent`` decode end; then a ``StepProfile`` of the decode step at the
-          group's shapes (measured on the first step, then remembered);
-        - when ``P > 1``, ``PhaseEvent`` decode start/end around sampling the other groups
+          ``PrefillEvent`` (its image with the cells of the shapes the question asks about),
+          ``PhaseEvent`` decode start, one ``DecodeChunk`` per chunk of its tokens,
+          ``PhaseEvent`` decode end; then a ``StepProfile`` of the decode step at the group's
+          shapes (measured on the first step, then remembered);
+        - when ``P > 1``, ``PhaseEvent`` decode start, one per group sampled (``done`` of
+          ``total`` = P, the watched group counted) and end, around sampling the other groups
           (no telemetry);
-        - ``PhaseEvent`` reward start/end, ``PhaseEvent`` update start/end, a ``TrainEvent``
-          (``rewards``: the first group's ``G``; ``reward_mean`` / ``reward_std`` and the
-          update's metrics: all ``P * G`` answers) and a ``CreditEvent`` with the watched
-          sample's answer tokens and their credit (``model.rl.grpo``).
+        - ``PhaseEvent`` reward start/end, ``PhaseEvent`` update start, one per optimizer
+          update (``done`` of ``updates_per_batch``) and end, a ``TrainEvent`` (``rewards``:
+          the first group's ``G``; the other metrics over all ``P * G`` answers:
+          ``rollout_metrics`` and the update's), a ``GroupEvent`` of the first group and a
+          ``CreditEvent`` for each of its answers (``model.rl.grpo``).
 
         ``control.selection`` picks the watched (sample, layer, head) and ``control.gate()``
-        runs before every chunk of the first group's decode steps (pause, single step); a stop
-        there ends the step without an update: returns ``None``. With a ``NullSink`` nobody
-        watches: the first group is sampled like the others, without telemetry or profile
-        (the same answers: telemetry does not change the sampled tokens).
+        runs before every chunk of the first group's decode steps (pause, single step) until
+        the watched answer is done; the group's other answers then finish without waiting,
+        and one more ``control.gate()`` runs before the rest of the step (paused, a single
+        step runs it). A stop ends the step without an update: returns ``None``. With a
+        ``NullSink`` nobody watches: the first group is sampled like the others, without
+        telemetry or profile (the same answers: telemetry does not change the sampled tokens).
         """
         s = self.settings
+        started, waited = time.perf_counter(), 0.0
         examples = self.step_examples(task, step)
         prompts = [self.processor.prepare(ex.question, [ex.image]) for ex in examples]
         seeds = [sample_seed(seed, step, i, len(examples)) for i in range(len(examples))]
         if isinstance(sink, tm.NullSink):  # nobody watches: no telemetry, no profile
             first, seconds = self.sample(prompts[0], seeds[0], telemetry=False)
         else:
+            watched = WatchedGroup(sink, control)
             start, compiled = time.perf_counter(), compile_clock.seconds()
             first = sample_watched(
-                self.model, self.processor, prompts[0], examples[0].image, sink=sink,
-                control=control, sampling=self.sampling, max_new_tokens=s.max_new_tokens,
+                self.model, self.processor, prompts[0], examples[0].image, sink=watched,
+                control=watched, sampling=self.sampling, max_new_tokens=s.max_new_tokens,
                 capacity=self.capacity, episode=step, seed=seeds[0], num_samples=s.group_size,
+                target_cells=examples[0].target_cells(merged_grid(self.model, prompts[0])),
             )  # fmt: skip
-            seconds = _seconds_since(start, compiled)
+            seconds = _seconds_since(start, compiled) - watched.waited
             if control.stopped:
                 return None  # stopped while decoding: the group may be incomplete
             cache_len = first.prompt_length + int(first.lengths.max()) - 1
@@ -268,40 +301,89 @@ class GRPOTrainer:
                     self.model, s.group_size, self.capacity, cache_len, self.sampling
                 )
             sink.emit(profile)
+            start = time.perf_counter()
+            if not control.gate():  # paused: the rest of the step waits for a single step
+                return None
+            waited = watched.waited + time.perf_counter() - start
         generations = [first]
         if len(examples) > 1:
-            with _phase(sink, "decode"):
+            with _phase(sink, "decode", done=1, total=len(examples)) as progress:
                 for inputs, group_seed in zip(prompts[1:], seeds[1:], strict=True):
                     gen, gen_seconds = self.sample(inputs, group_seed, telemetry=False)
                     generations.append(gen)
                     seconds += gen_seconds
+                    progress(len(generations))
+        reward_start = time.perf_counter()
         with _phase(sink, "reward"):
             scored = [
                 self.rewards(task, ex, g) for ex, g in zip(examples, generations, strict=True)
             ]
         answers = [texts for texts, _ in scored]
         rewards = np.stack([r for _, r in scored])
-        with _phase(sink, "update"):
-            metrics, advantages, credit = self.update(
-                list(zip(prompts, generations, rewards, strict=True))
+        update_start, compiled = time.perf_counter(), compile_clock.seconds()
+        with _phase(sink, "update", total=s.updates_per_batch) as progress:
+            metrics, advantages, tokens = self.update(
+                list(zip(prompts, generations, rewards, strict=True)), progress
             )
-        metrics.update(rollout_metrics(rewards, generations, seconds))
+        metrics.update(
+            rollout_metrics(examples, rewards, advantages, generations, self.eos_ids, seconds)
+        )
+        metrics["timing_s"] = {
+            "gen": seconds,
+            "reward": update_start - reward_start,
+            "update_actor": _seconds_since(update_start, compiled),
+            "step": time.perf_counter() - started - waited,
+        }
         sink.emit(
             tm.TrainEvent(step=step, **{k: metrics[k] for k in METRIC_KEYS}, rewards=rewards[0])
         )
-        watched = min(max(int(control.selection[0]), 0), s.group_size - 1)
-        tokens = first.tokens[watched, : first.lengths[watched]]
+        if not isinstance(sink, tm.NullSink):
+            self._emit_group(sink, step, examples[0], first, rewards[0], advantages[0], tokens)
+        return StepResult(
+            examples=examples,
+            generations=generations,
+            answers=answers,
+            rewards=rewards,
+            advantages=advantages,
+            metrics=metrics,
+            credit=tokens["credit"],
+            logprobs=tokens["logprob"],
+            entropies=tokens["entropy"],
+        )
+
+    def _emit_group(self, sink, step, example, gen, rewards, advantages, tokens) -> None:
+        """The first group as a ``GroupEvent`` and a ``CreditEvent`` per answer."""
+        n = len(rewards)
+        texts = [self.processor.token_texts(gen.tokens[b, : gen.lengths[b]]) for b in range(n)]
+        values = {}
+        for name in ("logprob", "entropy"):
+            table = np.zeros((n, max(1, int(gen.lengths.max()))), np.float32)
+            for b, row in enumerate(tokens[name][0]):
+                table[b, : len(row)] = row
+            values[name] = table
         sink.emit(
-            tm.CreditEvent(
+            tm.GroupEvent(
                 step=step,
-                sample=watched,
-                tokens=self.processor.token_texts(tokens),
-                credits=np.asarray(credit[0][watched], np.float32),
-                reward=float(rewards[0, watched]),
-                advantage=float(advantages[0, watched]),
+                question=example.question,
+                tokens=tuple(texts),
+                rewards=rewards,
+                advantages=advantages,
+                truncated=truncated(gen, self.eos_ids),
+                logprobs=values["logprob"],
+                entropies=values["entropy"],
             )
         )
-        return StepResult(examples, generations, answers, rewards, advantages, metrics, credit)
+        for b in range(n):
+            sink.emit(
+                tm.CreditEvent(
+                    step=step,
+                    sample=b,
+                    tokens=texts[b],
+                    credits=np.asarray(tokens["credit"][0][b], np.float32),
+                    reward=float(rewards[b]),
+                    advantage=float(advantages[b]),
+                )
+            )
 
     def step_examples(self, task: Task, step: int) -> list[Example]:
         """The examples of GRPO step ``step``: ``task.sample(step * P + j)``, ``j < P``."""
@@ -310,15 +392,57 @@ class GRPOTrainer:
 
 
 @contextlib.contextmanager
-def _phase(sink: tm.Sink, phase: str):
+def _phase(sink: tm.Sink, phase: str, done: int = 0, total: int | None = None):
     """Emit a phase's start event, run the body, emit its end event with its wall time
-    less the time spent compiling, which a ``compile`` phase reports."""
-    sink.emit(tm.PhaseEvent(phase=phase, active=True, elapsed_ms=0.0))
+    less the time spent compiling, which a ``compile`` phase reports. The body gets
+    ``progress(done)``, which emits the phase's progress: ``done`` of ``total`` items."""
+    sink.emit(tm.PhaseEvent(phase, True, 0.0, done if total else None, total))
     start, compiled = time.perf_counter(), compile_clock.seconds()
+
+    def progress(done: int, total: int | None = total) -> None:
+        elapsed_ms = 1e3 * _seconds_since(start, compiled)
+        sink.emit(tm.PhaseEvent(phase, True, elapsed_ms, done, total))
+
     with compile_phases(sink):
-        yield
+        yield progress
     elapsed_ms = 1e3 * _seconds_since(start, compiled)
     sink.emit(tm.PhaseEvent(phase=phase, active=False, elapsed_ms=elapsed_ms))
+
+
+class WatchedGroup:
+    """The sink and control the watched group's decode sees: pause and single steps apply
+    until the watched answer is done (its chunk says so); the group's other answers then
+    finish without waiting (nothing of them is shown). ``waited``: seconds spent paused."""
+
+    def __init__(self, sink: tm.Sink, control: tm.RolloutControl) -> None:
+        self.sink, self.control = sink, control
+        self.answered = False
+        self.waited = 0.0
+
+    @property
+    def selection(self) -> tuple[int, int, int]:
+        return self.control.selection
+
+    @property
+    def paused(self) -> bool:
+        return self.control.paused and not self.answered
+
+    @property
+    def stopped(self) -> bool:
+        return self.control.stopped
+
+    def gate(self) -> bool:
+        if self.answered:
+            return not self.control.stopped
+        start = time.perf_counter()
+        go = self.control.gate()
+        self.waited += time.perf_counter() - start
+        return go
+
+    def emit(self, event: tm.Event) -> None:
+        if isinstance(event, tm.DecodeChunk) and event.done:
+            self.answered = True
+        self.sink.emit(event)
 
 
 def _seconds_since(start: float, compiled: float) -> float:
@@ -326,17 +450,48 @@ def _seconds_since(start: float, compiled: float) -> float:
     return time.perf_counter() - start - (compile_clock.seconds() - compiled)
 
 
+def merged_grid(m, inputs: dict) -> int:
+    """Rows of merged vision tokens of a prepared prompt's (square) image."""
+    _, h, _ = np.asarray(inputs["image_grid_thw"]).reshape(-1, 3)[0]
+    return int(h) // m.config.vision.spatial_merge_size
+
+
+def truncated(gen: Generation, eos_ids) -> np.ndarray:
+    """``[B]`` bool: the answers that stopped at the token limit, not at an EOS."""
+    last = gen.tokens[np.arange(len(gen.lengths)), np.maximum(gen.lengths - 1, 0)]
+    return (gen.lengths == 0) | ~np.isin(last, list(eos_ids))
+
+
 def rollout_metrics(
-    rewards: np.ndarray, generations: list[Generation], seconds: float
-) -> dict[str, float]:
-    """Reward mean and std over all samples of a step, and its sampling throughput: new
-    tokens of all rows (EOS included) per second of ``generate`` (prefill and vision tower
-    included)."""
-    tokens = sum(int(g.lengths.sum()) for g in generations)
+    examples: list[Example],
+    rewards: np.ndarray,
+    advantages: np.ndarray,
+    generations: list[Generation],
+    eos_ids,
+    seconds: float,
+) -> dict[str, Any]:
+    """The step's rollout metrics, over its ``P`` groups (``rewards``, ``advantages`` ``[P,
+    G]``): reward mean and std over all answers (TRL's ``reward_std`` is the mean of the
+    groups' stds), the mean reward per question type, the fraction of groups whose rewards
+    are all equal, answer lengths (new tokens, EOS included), the fraction cut by the token
+    limit, the advantages' range, and the sampling throughput: new tokens of all rows per
+    second of ``generate`` (prefill and vision tower included)."""
+    lengths = np.concatenate([g.lengths for g in generations]).astype(np.float64)
+    cut = np.concatenate([truncated(g, eos_ids) for g in generations])
+    qtypes = np.asarray([ex.qtype for ex in examples])
     return {
         "reward_mean": float(rewards.mean()),
         "reward_std": float(rewards.std()),
-        "tokens_per_s": tokens / seconds,
+        "reward_by_type": {q: float(rewards[qtypes == q].mean()) for q in dict.fromkeys(qtypes)},
+        "frac_reward_zero_std": float(np.isclose(rewards.std(axis=1), 0.0).mean()),
+        "completions_mean_length": float(lengths.mean()),
+        "completions_min_length": float(lengths.min()),
+        "completions_max_length": float(lengths.max()),
+        "completions_clipped_ratio": float(cut.mean()),
+        "advantages_min": float(advantages.min()),
+        "advantages_mean": float(advantages.mean()),
+        "advantages_max": float(advantages.max()),
+        "tokens_per_s": float(lengths.sum()) / seconds,
     }
 
 
@@ -406,20 +561,20 @@ def _train(args: argparse.Namespace, trainer: GRPOTrainer, task: Task, publisher
     sink = publisher or tm.NullSink()
     control = publisher.control if publisher else tm.RolloutControl()
     for step in range(args.steps):
-        start = time.perf_counter()
         result = trainer.step(task, step, seed=args.seed, sink=sink, control=control)
-        record = {
-            "step": step + 1,
-            **{k: round(result.metrics[k], 6) for k in METRIC_KEYS},
-            "qtypes": [ex.qtype for ex in result.examples],
-            "seconds": round(time.perf_counter() - start, 3),
-        }
+        record = {"step": step, **{k: _rounded(result.metrics[k]) for k in METRIC_KEYS}}
         if args.json:
             print(json.dumps(record), flush=True)
         else:
             print(
-                f"step {record['step']:>4}  reward {record['reward_mean']:+.3f} "
+                f"step {step:>4}  reward {record['reward_mean']:+.3f} "
                 f"± {record['reward_std']:.3f}  kl {record['kl']:.4f}  loss {record['loss']:+.4f}"
-                f"  {record['tokens_per_s']:.0f} tok/s",
+                f"  {record['timing_s']['step']:.1f} s",
                 flush=True,
             )
+
+
+def _rounded(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _rounded(v) for k, v in value.items()}
+    return round(value, 6)

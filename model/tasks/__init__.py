@@ -13,11 +13,12 @@ import dataclasses
 import hashlib
 import random
 
+import numpy as np
 import PIL.Image
 
 from model.tasks.questions import QTYPES, make_question
 from model.tasks.rewards import reward
-from model.tasks.scenes import MAX_SHAPES, Scene, draw_scene, sample_scene
+from model.tasks.scenes import MAX_SHAPES, Scene, Shape, draw_scene, sample_scene, shape_cells
 
 SPLITS = ("train", "eval")
 EVAL_ONE_IN = 8
@@ -30,6 +31,12 @@ class Example:
     answer: str  # "top left"
     qtype: str  # one of QTYPES
     scene: Scene
+    targets: tuple[Shape, ...] = ()  # the shapes the answer is read from (model.tasks.questions)
+
+    def target_cells(self, grid: int) -> np.ndarray:
+        """``[m, 2]`` int32 (row, column) of the ``grid`` x ``grid`` image blocks (merged
+        vision tokens) the target shapes cover (``scenes.shape_cells``)."""
+        return np.argwhere(shape_cells(self.targets, grid)).astype(np.int32)
 
 
 def split_of(scene: Scene) -> str:
@@ -56,7 +63,7 @@ class Task:
                 continue
             qa = make_question(scene, qtype, rng)
             if qa is not None:
-                return Example(draw_scene(scene), qa[0], qa[1], qtype, scene)
+                return Example(draw_scene(scene), *qa[:2], qtype, scene, qa[2])
 
     def questions(self, i: int, n: int) -> list[Example]:
         """``n`` examples about the scene of ``sample(i)``: that one first, then one of each
@@ -74,7 +81,7 @@ class Task:
                 more.append((qtype, qa))
         while len(more) < n - 1:
             more.append(("count", make_question(first.scene, "count", rng)))
-        extra = [Example(first.image, q, a, qtype, first.scene) for qtype, (q, a) in more]
+        extra = [Example(first.image, *qa[:2], qtype, first.scene, qa[2]) for qtype, qa in more]
         return [first, *extra][:n]
 
     def reward(self, example: Example, response: str) -> float:

@@ -10,7 +10,10 @@ Question types and answer formats:
   column further left than the blue triangle, in any row (asked only when there is exactly one).
 
 ``make_question`` returns None when the scene cannot support a question of the given type
-(for example no kind occurs exactly once); the caller then draws another scene.
+(for example no kind occurs exactly once); the caller then draws another scene. Otherwise it
+returns the question, its answer and the shapes the answer is read from (``targets``): the
+asked shape (``color``, ``where``), the shapes counted (``count``, none for "0"), the named
+shape and the one left of it (``left_of``).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import itertools
 import random
 from collections import Counter
 
-from model.tasks.scenes import COLORS, COLUMNS, KINDS, MAX_SHAPES, ROWS, Scene
+from model.tasks.scenes import COLORS, COLUMNS, KINDS, MAX_SHAPES, ROWS, Scene, Shape
 
 QTYPES = ("color", "where", "count", "left_of")
 TEMPLATES = {
@@ -48,8 +51,11 @@ def all_answers() -> list[str]:
     return sorted({*COLORS, *names, *places, *counts})
 
 
-def make_question(scene: Scene, qtype: str, rng: random.Random) -> tuple[str, str] | None:
-    """(question, answer) of type ``qtype`` about ``scene``, or None if it has none."""
+QA = tuple[str, str, tuple[Shape, ...]]  # question, answer, targets
+
+
+def make_question(scene: Scene, qtype: str, rng: random.Random) -> QA | None:
+    """(question, answer, targets) of type ``qtype`` about ``scene``, or None if it has none."""
     return QUESTION_MAKERS[qtype](scene, rng)
 
 
@@ -65,7 +71,7 @@ def color_question(scene: Scene, rng: random.Random):
     if not candidates:
         return None
     shape = rng.choice(candidates)
-    return TEMPLATES["color"].format(kind=shape.kind), shape.color
+    return TEMPLATES["color"].format(kind=shape.kind), shape.color, (shape,)
 
 
 def where_question(scene: Scene, rng: random.Random):
@@ -73,20 +79,20 @@ def where_question(scene: Scene, rng: random.Random):
     if not candidates:
         return None
     shape = rng.choice(candidates)
-    return TEMPLATES["where"].format(color=shape.color, kind=shape.kind), shape.place
+    return TEMPLATES["where"].format(color=shape.color, kind=shape.kind), shape.place, (shape,)
 
 
 def count_question(scene: Scene, rng: random.Random):
     form = rng.randrange(3)
     if form == 0:
-        return TEMPLATES["count_all"], str(len(scene.shapes))
+        return TEMPLATES["count_all"], str(len(scene.shapes)), scene.shapes
     if form == 1:
         color = rng.choice(list(COLORS))
-        n = sum(s.color == color for s in scene.shapes)
-        return TEMPLATES["count_color"].format(color=color), str(n)
+        counted = tuple(s for s in scene.shapes if s.color == color)
+        return TEMPLATES["count_color"].format(color=color), str(len(counted)), counted
     kind = rng.choice(KINDS)
-    n = sum(s.kind == kind for s in scene.shapes)
-    return TEMPLATES["count_kind"].format(kind=kind), str(n)
+    counted = tuple(s for s in scene.shapes if s.kind == kind)
+    return TEMPLATES["count_kind"].format(kind=kind), str(len(counted)), counted
 
 
 def left_of_question(scene: Scene, rng: random.Random):
@@ -98,7 +104,7 @@ def left_of_question(scene: Scene, rng: random.Random):
     if not pairs:
         return None
     ref, left = rng.choice(pairs)
-    return TEMPLATES["left_of"].format(color=ref.color, kind=ref.kind), left.name
+    return TEMPLATES["left_of"].format(color=ref.color, kind=ref.kind), left.name, (ref, left)
 
 
 QUESTION_MAKERS = {

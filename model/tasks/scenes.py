@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import random
 
+import numpy as np
 import PIL.Image
 import PIL.ImageDraw
 
@@ -25,6 +26,7 @@ COLUMNS = ("left", "center", "right")
 IMAGE_SIZE = 256
 BACKGROUND = (245, 245, 245)
 MAX_SHAPES = 4
+MIN_COVER = 0.1  # shape_cells: the share of a block's pixels a shape must cover
 
 
 @dataclasses.dataclass(frozen=True, order=True)
@@ -74,16 +76,32 @@ def draw_scene(scene: Scene, size: int = IMAGE_SIZE) -> PIL.Image.Image:
     """RGB image ``size`` x ``size``: each shape centred in its cell, radius 30% of a cell."""
     image = PIL.Image.new("RGB", (size, size), BACKGROUND)
     draw = PIL.ImageDraw.Draw(image)
-    r = round(0.3 * size / len(COLUMNS))
     for shape in scene.shapes:
-        x, y = cell_center(shape.row, shape.col, size)
-        fill = COLORS[shape.color]
-        if shape.kind == "circle":
-            draw.ellipse((x - r, y - r, x + r, y + r), fill=fill)
-        elif shape.kind == "square":
-            s = round(0.85 * r)
-            draw.rectangle((x - s, y - s, x + s, y + s), fill=fill)
-        else:  # triangle, pointing up
-            base = y + round(0.8 * r)
-            draw.polygon([(x, y - r), (x - r, base), (x + r, base)], fill=fill)
+        _draw_shape(draw, shape, COLORS[shape.color], size)
     return image
+
+
+def _draw_shape(draw: PIL.ImageDraw.ImageDraw, shape: Shape, fill, size: int) -> None:
+    x, y = cell_center(shape.row, shape.col, size)
+    r = round(0.3 * size / len(COLUMNS))
+    if shape.kind == "circle":
+        draw.ellipse((x - r, y - r, x + r, y + r), fill=fill)
+    elif shape.kind == "square":
+        s = round(0.85 * r)
+        draw.rectangle((x - s, y - s, x + s, y + s), fill=fill)
+    else:  # triangle, pointing up
+        base = y + round(0.8 * r)
+        draw.polygon([(x, y - r), (x - r, base), (x + r, base)], fill=fill)
+
+
+def shape_cells(shapes: tuple[Shape, ...], grid: int, size: int = IMAGE_SIZE) -> np.ndarray:
+    """``[grid, grid]`` bool: the blocks of a ``grid`` x ``grid`` tiling of the image (the
+    model's merged vision tokens: 8 x 8 for 256 pixels, patch 16, merge 2) that ``shapes``
+    cover by at least ``MIN_COVER`` of their pixels."""
+    mask = PIL.Image.new("L", (size, size), 0)
+    draw = PIL.ImageDraw.Draw(mask)
+    for shape in shapes:
+        _draw_shape(draw, shape, 255, size)
+    block = size // grid
+    covered = np.asarray(mask, np.float32).reshape(grid, block, grid, block).mean(axis=(1, 3))
+    return covered >= 255 * MIN_COVER

@@ -156,7 +156,8 @@ def test_credit_matches_explicit_formula(toy):
     x, w, batch = toy
     _, _, _, _, (p, onehot, weight, dloss_dlogp) = _reference(x, w, batch)
     xj = jnp.asarray(x)
-    *_, credit = grpo.grpo_gradients(lambda w_: xj @ w_, jnp.asarray(w), batch, CFG)
+    *_, tokens = grpo.grpo_gradients(lambda w_: xj @ w_, jnp.asarray(w), batch, CFG)
+    credit = tokens.credit
     mask = np.asarray(batch.mask)
     # credit = -(dLoss/dlogp / w) * |onehot - p|^2 / tau^2
     coef = np.where(mask > 0, -dloss_dlogp / np.where(mask > 0, weight, 1), 0)
@@ -169,7 +170,8 @@ def test_credit_is_a_directional_derivative(toy):
     by h * credit * w for that token."""
     x, w, batch = toy
     z = jnp.asarray(x) @ jnp.asarray(w)
-    *_, credit = grpo.grpo_gradients(lambda z_: z_, z, batch, CFG)
+    *_, tokens = grpo.grpo_gradients(lambda z_: z_, z, batch, CFG)
+    credit = tokens.credit
     weight = np.asarray(grpo.token_weights(batch.mask))
     p = jax.nn.softmax(z / CFG.temperature, axis=-1)
     direction = (jax.nn.one_hot(batch.targets, V) - p) / CFG.temperature
@@ -202,7 +204,8 @@ def test_credit_sign_follows_advantage_and_masked_tokens_get_zero(toy):
     x, w, batch = toy
     xj = jnp.asarray(x)
     no_kl = grpo.GRPOConfig(clip_eps=10.0, kl_coef=0.0, temperature=CFG.temperature)
-    *_, credit = grpo.grpo_gradients(lambda w_: xj @ w_, jnp.asarray(w), batch, no_kl)
+    *_, tokens = grpo.grpo_gradients(lambda w_: xj @ w_, jnp.asarray(w), batch, no_kl)
+    credit = tokens.credit
     credit, mask = np.asarray(credit), np.asarray(batch.mask)
     adv = np.asarray(batch.advantages)
     assert (credit[mask == 0] == 0).all()
@@ -218,7 +221,8 @@ def test_credit_sign_follows_advantage_and_masked_tokens_get_zero(toy):
         ref_logp=jnp.zeros((1, 1)),
         advantages=jnp.ones((1,)),
     )
-    *_, c = grpo.grpo_gradients(lambda z: z, sure, one, grpo.GRPOConfig())
+    *_, tokens = grpo.grpo_gradients(lambda z: z, sure, one, grpo.GRPOConfig())
+    c = tokens.credit
     assert abs(float(c[0, 0])) < 1e-6
 
 
@@ -232,3 +236,30 @@ def test_on_policy_batch_has_ratio_one_and_clips_nothing(toy):
     )
     assert float(metrics["clip_ratio"]) == 0.0
     assert np.isfinite(np.asarray(grads)).all()
+
+
+def test_on_policy_flag_takes_the_behaviour_log_probs_from_the_same_forward(toy):
+    """``on_policy``: the stored old log-probs are ignored (garbage here) and the result is that
+    of passing the current log-probs; the token values are those of the forward pass."""
+    x, w, batch = toy
+    xj, wj = jnp.asarray(x), jnp.asarray(w)
+    current = grpo.token_logprobs(xj @ wj, batch.targets, CFG.temperature)
+    want = grpo.grpo_gradients(
+        lambda w_: xj @ w_, wj, dataclasses.replace(batch, old_logp=current), CFG
+    )
+    garbage = dataclasses.replace(batch, old_logp=jnp.full_like(current, 7.0))
+    got = grpo.grpo_gradients(lambda w_: xj @ w_, wj, garbage, CFG, on_policy=jnp.bool_(True))
+    assert float(got[0]) == pytest.approx(float(want[0]), rel=1e-6)
+    np.testing.assert_allclose(np.asarray(got[2]), np.asarray(want[2]), rtol=1e-5, atol=1e-8)
+    np.testing.assert_allclose(np.asarray(got[3].credit), np.asarray(want[3].credit), rtol=1e-5)
+    # per-token log-prob and entropy against numpy
+    logp_all = _np_log_softmax(x @ w / CFG.temperature)
+    targets = np.asarray(batch.targets)
+    np.testing.assert_allclose(
+        np.asarray(got[3].logprob),
+        np.take_along_axis(logp_all, targets[..., None], -1)[..., 0],
+        rtol=1e-5,
+    )
+    np.testing.assert_allclose(
+        np.asarray(got[3].entropy), -(np.exp(logp_all) * logp_all).sum(-1), rtol=1e-5
+    )

@@ -13,9 +13,11 @@ from model.rl.train import METRIC_KEYS, GRPOSettings, GRPOTrainer
 from model.tasks import Task
 from tests.model.recording import Recorder
 
+EOS_TEXTS = ("<|im_end|>", "<|endoftext|>")
 SETTINGS = GRPOSettings(prompts_per_step=1, max_new_tokens=4, learning_rate=1e-2)
 STEP_KINDS_HEAD = ["phase", "phase", "prefill", "phase"]
-STEP_KINDS_TAIL = ["phase", "profile", "phase", "phase", "phase", "phase", "train", "credit"]
+# decode end, profile, reward start / end, update start / 1 of 2 / 2 of 2 / end, ...
+STEP_KINDS_TAIL = ["phase", "profile", *["phase"] * 6, "train", "group", *["credit"] * 4]
 
 
 @pytest.fixture(scope="module")
@@ -44,26 +46,37 @@ def test_event_sequence(two_steps):
         while rest[i + 4 + n] == "decode":
             n += 1
         assert n >= 1
-        assert rest[i + 4 + n : i + 4 + n + 8] == STEP_KINDS_TAIL
-        i += 4 + n + 8
+        tail = len(STEP_KINDS_TAIL)
+        assert rest[i + 4 + n : i + 4 + n + tail] == STEP_KINDS_TAIL
+        i += 4 + n + tail
     assert i == len(rest)
-    phases = [(e.phase, e.active) for e in _not_compile(sink.of(tm.PhaseEvent))][:10]
+    phases = _not_compile(sink.of(tm.PhaseEvent))
+    phases = [(e.phase, e.active, e.done, e.total) for e in phases[:12]]
     assert phases == [
-        ("prefill", True), ("prefill", False), ("decode", True), ("decode", False),
-        ("reward", True), ("reward", False), ("update", True), ("update", False),
-        ("prefill", True), ("prefill", False),
+        ("prefill", True, None, None), ("prefill", False, None, None),
+        ("decode", True, None, None), ("decode", False, None, None),
+        ("reward", True, None, None), ("reward", False, None, None),
+        ("update", True, 0, 2), ("update", True, 1, 2), ("update", True, 2, 2),
+        ("update", False, None, None),
+        ("prefill", True, None, None), ("prefill", False, None, None),
     ]  # fmt: skip
     (info,) = sink.of(tm.RunInfo)
     assert info.mode == "grpo" and info.batch_size == 4
     assert info.sampling["temperature"] == SETTINGS.temperature
 
 
+def _watched_credit(sink, step: int, sample: int = 2) -> tm.CreditEvent:
+    """Step ``step``'s credit of ``sample``; every answer of the group has one."""
+    credits = {c.sample: c for c in sink.of(tm.CreditEvent) if c.step == step}
+    assert sorted(credits) == [0, 1, 2, 3]
+    return credits[sample]
+
+
 def test_values_are_the_watched_samples(two_steps, embedded_processor):
     sink, _ = two_steps
     task = Task("train", 0)
-    for step, (train, credit) in enumerate(
-        zip(sink.of(tm.TrainEvent), sink.of(tm.CreditEvent), strict=True)
-    ):
+    for step, train in enumerate(sink.of(tm.TrainEvent)):
+        credit = _watched_credit(sink, step)
         assert train.step == credit.step == step
         decodes = [e for e in sink.tokens() if e.episode == step]
         assert {e.sample for e in decodes} == {2} and credit.sample == 2
@@ -82,6 +95,33 @@ def test_values_are_the_watched_samples(two_steps, embedded_processor):
             np.testing.assert_allclose(credit.credits, 0, atol=1e-6)
     watched = [(p.episode, p.sample, p.layer, p.head) for p in sink.of(tm.PrefillEvent)]
     assert watched == [(0, 2, 1, 3), (1, 2, 1, 3)]
+
+
+def test_group_event_is_the_watched_group_with_the_sampling_policys_token_values(two_steps):
+    """The group's tokens, rewards and advantages are those the step scored; its per-token
+    log-probs (the update's forward pass) are those the decoder sampled with."""
+    sink, _ = two_steps
+    task = Task("train", 0)
+    for step, (train, group) in enumerate(
+        zip(sink.of(tm.TrainEvent), sink.of(tm.GroupEvent), strict=True)
+    ):
+        assert group.step == step and group.question == task.sample(step).question
+        np.testing.assert_array_equal(group.rewards, train.rewards)
+        credit = _watched_credit(sink, step)
+        assert group.tokens[2] == credit.tokens and group.advantages[2] == credit.advantage
+        decodes = [e for e in sink.tokens() if e.episode == step]
+        n = len(decodes)
+        np.testing.assert_allclose(
+            np.exp(group.logprobs[2, :n]), [e.prob for e in decodes], rtol=2e-3, atol=1e-5
+        )
+        assert group.logprobs.shape == group.entropies.shape == (4, max(map(len, group.tokens)))
+        assert (group.entropies >= 0).all()
+        assert list(group.truncated) == [t[-1] not in EOS_TEXTS for t in group.tokens]
+    # the prompt's image carries the cells of the shapes the question asks about
+    for prefill in sink.of(tm.PrefillEvent):
+        (image,) = prefill.images
+        want = task.sample(prefill.episode).target_cells(8)
+        np.testing.assert_array_equal(image.target_cells, want)
 
 
 def test_the_policy_moves_when_rewards_differ_and_the_update_compiles_once(two_steps, random_model):
@@ -108,12 +148,12 @@ def test_the_headless_step_learns_exactly_as_the_live_one(
     # the same settings: the live trainer's compiled log-probs and update serve both
     headless._logprobs, headless._update = live._logprobs, live._update
     task = Task("train", 0)
-    events = zip(sink.of(tm.TrainEvent), sink.of(tm.CreditEvent), strict=True)
-    for step, (train, credit) in enumerate(events):
+    for step, train in enumerate(sink.of(tm.TrainEvent)):
+        credit = _watched_credit(sink, step)
         r = headless.step(task, step, seed=0, sink=tm.NullSink(), control=tm.RolloutControl())
         np.testing.assert_array_equal(r.rewards[0], train.rewards)
         for key in METRIC_KEYS:
-            if key != "tokens_per_s":  # a wall time
+            if key not in ("tokens_per_s", "timing_s"):  # wall times
                 assert r.metrics[key] == getattr(train, key), key
         gen, s = r.generations[0], credit.sample
         assert embedded_processor.token_texts(gen.tokens[s, : gen.lengths[s]]) == credit.tokens
@@ -137,3 +177,59 @@ def test_stop_during_decoding_ends_without_another_update(random_model, embedded
     )  # fmt: skip
     assert len(sink.of(tm.TrainEvent)) == 1
     assert sink.events[-1].kind != "train" and sink.events[-1].kind != "credit"
+
+
+def test_paused_single_steps_decode_the_watched_answer_then_run_the_rest_of_the_step(
+    random_model, embedded_processor
+):
+    """Paused, each single step is one decode step of the watched answer; once it is done the
+    step waits, and the next single step runs the rest of it (the other prompts, the reward,
+    the update: phase events at once); the next step's prefill arrives and waits."""
+    import threading
+    import time
+
+    settings = dataclasses.replace(SETTINGS, prompts_per_step=2)
+    control = tm.RolloutControl()
+    control.set_paused(True)
+    sink = Recorder()
+    worker = threading.Thread(
+        target=run_grpo,
+        args=(random_model, embedded_processor, Task("train", 0)),
+        kwargs=dict(sink=sink, control=control, group_size=4, steps=2, settings=settings),
+    )
+    worker.start()
+
+    def settled(predicate, timeout=120.0):
+        end = time.monotonic() + timeout
+        while not predicate():
+            assert time.monotonic() < end, [e.kind for e in sink.events][-12:]
+            time.sleep(0.01)
+        time.sleep(0.3)  # and nothing else follows on its own
+
+    def kinds():
+        return [e.kind for e in _not_compile(sink.events)]
+
+    try:
+        settled(lambda: sink.tokens())  # the prefill's token, then it waits
+        while not sink.tokens()[-1].done:
+            count = len(sink.tokens())
+            assert "train" not in kinds()
+            control.step_once()
+            settled(lambda count=count: len(sink.tokens()) > count or sink.tokens()[-1].done)
+        settled(lambda: "profile" in kinds())
+        assert kinds()[-1] == "profile" and "reward" not in [
+            getattr(e, "phase", None) for e in sink.events
+        ]  # the watched answer is done: the rest of the step waits
+        before = len(sink.events)
+        control.step_once()
+        settled(lambda: len(sink.of(tm.PrefillEvent)) == 2)
+        rest = _not_compile(sink.events[before:])
+        progress = [(e.phase, e.done, e.total) for e in rest if e.kind == "phase" and e.active]
+        assert progress[:3] == [("decode", 1, 2), ("decode", 2, 2), ("reward", None, None)]
+        assert ("update", 2, 2) in progress and len(sink.of(tm.TrainEvent)) == 1
+        # step 1: its prefill and the prefill's token, then paused before the decode steps
+        assert [e.kind for e in rest][-3:] == ["prefill", "phase", "decode"]
+        assert (sink.tokens()[-1].episode, sink.tokens()[-1].step) == (1, 0)
+    finally:
+        control.stop()
+        worker.join(60)
