@@ -54,13 +54,15 @@ LATENCY_P99_MS = 100.0
 
 
 class _Tap:
-    """The rollout's sink: times each ``emit`` of ``target``, notes when each chunk was
-    emitted, and each episode's decode (from the decode phase events)."""
+    """The rollout's sink: times each ``emit`` of ``target`` (wall and the rollout thread's
+    CPU), notes when each chunk was emitted, and each episode's decode (from the decode phase
+    events)."""
 
     def __init__(self) -> None:
         self.target: tm.Sink = tm.NullSink()
         self.episodes: list[tuple[int, float]] = []  # (tokens, decode seconds)
         self.emit_ns: dict[str, list[int]] = {"chunk": [], "other": []}
+        self.emit_cpu = 0.0  # seconds of the rollout thread's CPU inside emit
         self.emitted: dict[tuple[int, int], float] = {}  # (episode, first) -> monotonic
         self._tokens = 0
 
@@ -73,17 +75,42 @@ class _Tap:
                 self._tokens = 0
             else:
                 self.episodes.append((self._tokens, event.elapsed_ms / 1e3))
-        start = time.perf_counter_ns()
+        start, cpu = time.perf_counter_ns(), time.thread_time()
         self.target.emit(event)
         kind = "chunk" if isinstance(event, tm.DecodeChunk) else "other"
         self.emit_ns[kind].append(time.perf_counter_ns() - start)
+        self.emit_cpu += time.thread_time() - cpu
 
     def measure(self, run_episodes) -> dict:
-        """Decode tokens/s of ``run_episodes(self)`` and the emit times it took."""
-        self.episodes, self.emit_ns = [], {"chunk": [], "other": []}
+        """Decode tokens/s of ``run_episodes(self)``, the emit times it took, and the CPU
+        share (of one core, over its wall time) of publishing: the rollout thread inside
+        ``emit`` and ZeroMQ's I/O thread."""
+        self.episodes, self.emit_ns, self.emit_cpu = [], {"chunk": [], "other": []}, 0.0
+        wall, io = time.monotonic(), _zmq_io_cpu()
         run_episodes(self)
+        wall, io = time.monotonic() - wall, _zmq_io_cpu() - io
         steps = sum(tokens - 1 for tokens, _ in self.episodes)  # the first is the prefill's
-        return {"tokens_per_s": steps / sum(s for _, s in self.episodes), **self.emit_ns}
+        return {
+            "tokens_per_s": steps / sum(s for _, s in self.episodes),
+            "publish_cpu": (self.emit_cpu + io) / wall,
+            **self.emit_ns,
+        }
+
+
+def _zmq_io_cpu() -> float:
+    """CPU seconds so far of this process's ZeroMQ I/O threads."""
+    seconds = 0.0
+    for task in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{task}/comm") as f:
+                if not f.read().startswith("ZMQbg/IO"):
+                    continue
+            with open(f"/proc/self/task/{task}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except FileNotFoundError:  # the thread ended meanwhile
+            continue
+        seconds += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return seconds
 
 
 class _Viewer:
@@ -225,6 +252,10 @@ def _producer(args: argparse.Namespace) -> int:
         verdict = f" (target >= {target}: {report.verdict(median >= target)})" if target else ""
         spread = f"per rep {min(per_rep):.3f}-{max(per_rep):.3f}"
         lines.append((f"{pair} median", f"{median:.3f}{verdict}; {spread}"))
+    for name in ("P", "V20", "V5", "S"):
+        share = report.median([r["publish_cpu"] for r in runs[name]])
+        note = "the rollout thread in emit and ZeroMQ's I/O thread, per second of the variant"
+        lines.append((f"publishing CPU, {name}", f"{share:.1%} of a core ({note})"))
     for name in ("P", "V20"):
         for kind in ("chunk", "other"):
             us = [t / 1e3 for r in runs[name] for t in r[kind]]
@@ -242,6 +273,8 @@ def _producer(args: argparse.Namespace) -> int:
             (f"emit to channel, {name}", _spread([t * 1e3 for t in to_channel], "ms", "")),
             (f"emit to screen, {name}", _spread(ms, "ms", f"{len(ms)} chunks; {target}")),
         ]
+        share = report.median([r["viewer"]["cpu"] for r in runs[name]])
+        lines.append((f"viewer CPU, {name}", f"{share:.0%} of a core while chunks arrived"))
         lost = sum(r["viewer"]["socket_lost"] for r in runs[name])
         dropped = sum(r["viewer"]["dropped"] for r in runs[name])
         fps = report.median([r["viewer"]["fps"] for r in runs[name]])
@@ -304,7 +337,8 @@ def _viewer(address: str, fps: float, out: str) -> int:
     from dash import app, attach, state
 
     client = attach.Client(address)
-    arrivals: list[tuple[int, int, float]] = []
+    arrivals: list[tuple[int, int, float]] = []  # (episode, first, monotonic)
+    cpu: list[float] = []  # this process's CPU seconds at the first and the last arrival
 
     def rollout(sink, control) -> None:
         class Tap:
@@ -314,6 +348,8 @@ def _viewer(address: str, fps: float, out: str) -> int:
                     print("attached", flush=True)
                 if isinstance(event, tm.DecodeChunk):
                     arrivals.append((event.episode, event.first, time.monotonic()))
+                    now = time.process_time()
+                    cpu[len(cpu[:1]) :] = [now]  # the first stays, the last is replaced
 
         client(Tap(), control)
 
@@ -329,6 +365,7 @@ def _viewer(address: str, fps: float, out: str) -> int:
         "arrivals": arrivals,
         "frames": frames,
         "fps": drawn / (end - start) if end > start else 0.0,  # while chunks arrived
+        "cpu": (cpu[-1] - cpu[0]) / (end - start) if end > start else 0.0,
         "socket_lost": client.socket_lost,
         "dropped": dashboard.channel.counts().dropped,
     }
@@ -365,7 +402,9 @@ def _stalled(address: str, out: str) -> int:
     sub.close(linger=0)
     ctx.term()
     with open(out, "w") as f:
-        json.dump({"arrivals": [], "frames": [], "fps": 0.0, "socket_lost": 0, "dropped": 0}, f)
+        json.dump(
+            {"arrivals": [], "frames": [], "fps": 0, "cpu": 0, "socket_lost": 0, "dropped": 0}, f
+        )
     return 0
 
 

@@ -548,6 +548,8 @@ def _convert(tp: Any, value: Any, f: dataclasses.Field | None, where: str, lead:
             raise RecordError(f"{where}: expected a list")
         args = typing.get_args(tp)
         if len(args) == 2 and args[1] is Ellipsis:
+            if args[0] is str and all(isinstance(v, str) for v in value):  # token texts, fast
+                return tuple(value)
             return tuple(_convert(args[0], v, None, where) for v in value)
         if len(args) != len(value):
             raise RecordError(f"{where}: expected {len(args)} items")
