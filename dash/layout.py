@@ -2,12 +2,14 @@
 failed, the footer, and the help / traceback overlays. Below ``MIN_SIZE`` it shows an
 "enlarge the terminal" screen instead.
 
-Column layout (left | right), heights in rows, ``w`` = layers in the window:
+Column layout (left | right), heights in rows, ``w`` = layers in the window, ``G`` = the
+group size; the group and train panels are left out of an inference run:
 
     decode live   (the rest)       | head detail   (the rest)
-    compute flow  5..10            | vision        6
-    attention     w + 5            | mRoPE         6
-    KV cache      w + 3            | token credit  5..10
+    group         6..G + 4         | vision        6
+    compute flow  5..10            | mRoPE         6
+    attention     w + 5            | token credit  4..10
+    KV cache      w + 3            | train         5..(its metrics)
 """
 
 from __future__ import annotations
@@ -21,16 +23,19 @@ from dash.panels.compute_flow import ComputeFlow
 from dash.panels.decode_live import DecodeLive
 from dash.panels.error import ErrorPanel, TracebackOverlay
 from dash.panels.footer import footer_row
+from dash.panels.group import Group
 from dash.panels.head_detail import HeadDetail
 from dash.panels.header import Header
 from dash.panels.help import HelpOverlay
 from dash.panels.kv_cache import KVCache
 from dash.panels.mrope import MRope
 from dash.panels.token_credit import TokenCredit
+from dash.panels.train import Train
 from dash.panels.vision_injection import VisionInjection
 
 MIN_SIZE = (100, 30)
 DECODE_MIN, FLOW_MIN, FLOW_MAX, ERROR_ROWS = 10, 5, 10, 4
+GROUP_MIN, CREDIT_MIN, TRAIN_MIN = 6, 4, 5
 
 
 def _stack(parts: list[tuple[urwid.Widget, int]], cols: int) -> urwid.Canvas:
@@ -60,6 +65,8 @@ class Dashboard(urwid.Widget):
         self.vision = VisionInjection()
         self.mrope = MRope()
         self.credit = TokenCredit()
+        self.group = Group()
+        self.train = Train()
         self.error = ErrorPanel()
         self.help = HelpOverlay()
         self.traceback = TracebackOverlay()
@@ -73,6 +80,8 @@ class Dashboard(urwid.Widget):
             self.vision,
             self.mrope,
             self.credit,
+            self.group,
+            self.train,
             self.error,
             self.help,
             self.traceback,
@@ -94,34 +103,42 @@ class Dashboard(urwid.Widget):
         left_cols = cols // 2
         right_cols = cols - left_cols
         layers = view.run.num_layers if view.run else ui.window
-        window = max(1, min(ui.window, layers, (body - DECODE_MIN - FLOW_MIN - 8) // 2))
+        rl = view.run is None or view.run.mode != "inference" or view.train is not None
+        group_size = view.run.batch_size if view.run else 8
+        group = max(GROUP_MIN, min(group_size + 4, (body - 21) // 2)) if rl else 0
+        window = max(1, min(ui.window, layers, (body - DECODE_MIN - FLOW_MIN - group - 8) // 2))
         attention, kv = window + 5, window + 3
         rest = body - attention - kv
-        flow = min(FLOW_MAX, max(FLOW_MIN, rest - DECODE_MIN - 4))
+        flow = min(FLOW_MAX, max(FLOW_MIN, rest - DECODE_MIN - group - 4))
         left = _stack(
             [
-                (self.decode, rest - flow),
+                (self.decode, rest - flow - group),
+                (self.group, group),
                 (self.flow, flow),
                 (self.attention, attention),
                 (self.kv, kv),
             ],
             left_cols,
         )
-        credit = max(5, min(10, body // 4))
+        credit = max(CREDIT_MIN, min(10, body // 7)) if rl else max(5, min(10, body // 4))
         vision = 5 + (len(view.prefill.images) if view.prefill else 1)
+        fixed = vision + 6 + credit
+        train_rows = Train.rows_wanted(self.frame, right_cols)
+        train = max(TRAIN_MIN, min(train_rows, (body - fixed) // 2)) if rl else 0
         right = _stack(
             [
-                (self.detail, body - vision - 6 - credit),
+                (self.detail, body - fixed - train),
                 (self.vision, vision),
                 (self.mrope, 6),
                 (self.credit, credit),
+                (self.train, train),
             ],
             right_cols,
         )
         columns = urwid.CanvasJoin(
             [(left, None, False, left_cols), (right, None, False, right_cols)]
         )
-        footer = rows_canvas([footer_row(cols)], cols, 1, pad_attr="footer")
+        footer = rows_canvas([footer_row(cols, ui)], cols, 1, pad_attr="footer")
         stack = [(self.header.render((cols, Header.ROWS)), None, False), (columns, None, False)]
         if error_rows:
             stack.append((self.error.render((cols, error_rows)), None, False))

@@ -1,5 +1,6 @@
 """Computation flow: the phases of the loop (prefill -> decode -> reward -> update) with
-the active one flashing and each one's measured time, and the stages of one decode step
+the active one flashing and each one's measured time (a running phase's progress, such
+as prompts sampled 12/64), and the stages of one decode step
 (mRoPE -> Q/K/V -> attention -> KV write -> sample) with their profiled times as bars."""
 
 from __future__ import annotations
@@ -45,6 +46,9 @@ class ComputeFlow(Panel):
         timings["decode"] = number(step_ms, "{:.2f} ms/tok")
         if view.decode is not None:
             timings["decode"] += f" ×{view.decode.last_step + 1}"
+        for name, phase in view.phases.items():  # a running phase's progress, e.g. 12/64
+            if name in timings and phase.active and phase.total:
+                timings[name] = f"{phase.done}/{phase.total}"
         phases: Row = []
         for i, name in enumerate(tm.PhaseEvent.PHASES):
             phases += ([("border", " ─▶")] if i else []) + _phase(frame, name, timings[name])

@@ -1,7 +1,9 @@
 """Head detail for the selected ``L<layer> H<head>``: the current token's attention over
 the whole context. Text tokens form a strip coloured by weight; each image's tokens form
 a heatmap on its merged h x w grid, drawn next to the image itself in half blocks where
-the terminal has 256 or more colours."""
+the terminal has 256 or more colours. Where the task knows what the question asks about
+(``ImageInfo.target_cells``), those cells are outlined ``[ ]`` and their share of the
+image's weight is given: ground truth next to the model's attention."""
 
 from __future__ import annotations
 
@@ -68,15 +70,42 @@ def _thumbnail(data: bytes, shape: tuple, rows: int, cols: int, depth: int) -> l
     return out
 
 
+def target_mask(image: tm.ImageInfo, shape: tuple[int, int]) -> np.ndarray | None:
+    """``[h/m, w/m]`` bool: the image's target cells on its merged grid, or None when it
+    has none (or they lie outside the grid)."""
+    cells = image.target_cells
+    if cells is None or len(cells) == 0:
+        return None
+    cells = np.asarray(cells).reshape(-1, 2)
+    if (cells < 0).any() or (cells >= np.asarray(shape)).any():
+        return None
+    mask = np.zeros(shape, bool)
+    mask[cells[:, 0], cells[:, 1]] = True
+    return mask
+
+
+def _cell(x: float, width: int, target: bool) -> tuple[str, str]:
+    """A heatmap cell ``width`` columns wide; a target cell's edges are ``[`` and ``]``."""
+    glyphs = theme.ramp_char(x) * width
+    if target:
+        glyphs = "[" + glyphs[1:-1] + "]"
+    return theme.heat_attr(x), glyphs
+
+
 def _image_block(frame, row, index, image, cols, rows) -> list[Row]:
     grid = image_grid(row, image)
     if grid is None:
         return [[("dim", f"image {index}: attention row does not cover its tokens")]]
     mass = float(grid.sum())
+    targets = target_mask(image, grid.shape)
     gh, gw = grid.shape
-    room_rows, room_cols = max(1, rows - 1), max(2, (cols - 4) // 2)
+    captions = 1 if targets is None else 2
+    room_rows, room_cols = max(1, rows - captions), max(2, (cols - 4) // 2)
     factor = max(1, math.ceil(gh / room_rows), math.ceil(2 * gw / room_cols))
+    on_target = None if targets is None else float(grid[targets].sum())
     grid = pool(grid, factor)
+    if targets is not None:
+        targets = pool(targets.astype(np.float64), factor) > 0
     # a small grid is drawn with bigger cells: `scale` rows x 2 * `scale` columns each
     scale = max(1, min(room_rows // grid.shape[0], room_cols // (2 * grid.shape[1]), 4))
     peak = float(grid.max()) or 1.0
@@ -90,6 +119,14 @@ def _image_block(frame, row, index, image, cols, rows) -> list[Row]:
             ("dim", " · colour = weight / max"),
         ]
     ]
+    if on_target is not None:
+        share = on_target / mass if mass > 0 else float("nan")
+        lines.append(
+            [
+                ("label", "[ ] the shapes asked about (ground truth) · their share "),
+                ("value", f"{share:.2f}"),
+            ]
+        )
     out_rows, out_cols = grid.shape[0] * scale, grid.shape[1] * 2 * scale
     thumb = None
     if image.pixels is not None:
@@ -98,7 +135,8 @@ def _image_block(frame, row, index, image, cols, rows) -> list[Row]:
         cells: Row = [(None, " ")]
         for c in range(grid.shape[1]):
             x = float(grid[r // scale, c]) / peak
-            cells.append((theme.heat_attr(x), theme.ramp_char(x) * 2 * scale))
+            target = targets is not None and bool(targets[r // scale, c])
+            cells.append(_cell(x, 2 * scale, target))
         if thumb is not None:
             cells += [(None, "  "), *thumb[r]]
         lines.append(cells)

@@ -16,6 +16,7 @@ def test_required_bindings():
         "page up": "window_up",
         "page down": "window_down",
         "m": "metric",
+        "e": "token_metric",
         "[": "sample_prev",
         "]": "sample_next",
         "p": "pause",

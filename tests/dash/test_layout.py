@@ -15,8 +15,10 @@ TITLES = (
     "VISION INJECTION",
     "mRoPE",
     "TOKEN CREDIT",
+    "GROUP",
+    "TRAIN",
 )
-FULL = [*ev.episode_events(steps=4), ev.train(), ev.credit(), ev.profile()]
+FULL = [*ev.episode_events(steps=4), ev.train(), ev.group(), ev.credit(), ev.profile()]
 
 
 def _screen(frame, size):
@@ -75,3 +77,9 @@ def test_frame_renders_within_budget():
         d.render((160, 48))
         times.append(time.perf_counter() - t0)
     assert sorted(times)[len(times) // 2] < 0.05  # the 20 FPS frame budget
+
+
+def test_an_inference_run_has_no_group_or_train_panels():
+    events = [ev.run_info(mode="inference", batch_size=1), *ev.episode_events(steps=4)[1:]]
+    screen = "\n".join(_screen(ev.frame(events), (160, 48)))
+    assert "DECODE LIVE" in screen and "GROUP" not in screen and "TRAIN " not in screen

@@ -65,3 +65,31 @@ def test_image_grid_and_pool():
     assert grid.shape == (4, 4) and grid[1, 2] == 0.5
     np.testing.assert_allclose(pool(grid, 2), [[0, 0.5], [0, 0]], atol=1e-7)
     assert image_grid(row[:10], ev.image()) is None  # span outside the row
+
+
+def test_target_cells_are_outlined_with_their_share_of_the_image_weight():
+    import dataclasses
+
+    import numpy as np
+
+    from dash.panels.head_detail import target_mask
+
+    prefill = ev.prefill()
+    image = dataclasses.replace(prefill.images[0], target_cells=np.array([[1, 2], [3, 3]]))
+    events = [ev.run_info(), dataclasses.replace(prefill, images=(image,)), ev.decode(0)]
+    frame = ev.frame(events, state.Meters(colors=1), layer=0, head=0)
+    text, _ = ev.render(HeadDetail(), (80, 24), frame)
+    screen = "\n".join(text)
+    # the row puts 0.5 of its 0.5 image weight on cell (1, 2): a share of 1.00
+    assert "[ ] the shapes asked about (ground truth) · their share 1.00" in screen
+    grid_rows = [r for r in text if r.startswith("│ ") and set(r[2:6]) <= set("░▒▓█[]")]
+    scale = len(grid_rows) // 4
+    cell = 2 * scale
+    hot = grid_rows[scale][2 + 2 * cell : 2 + 3 * cell]  # row 1, column 2: hot and outlined
+    assert hot[0] == "[" and hot[-1] == "]" and set(hot[1:-1]) <= {"█"}
+    cold = grid_rows[3 * scale][2 + 3 * cell : 2 + 4 * cell]  # row 3, column 3: cold, outlined
+    assert cold[0] == "[" and set(cold[1:-1]) <= {"░"}
+    assert "[" not in grid_rows[0]
+    mask = target_mask(image, (4, 4))
+    assert mask.sum() == 2 and mask[1, 2] and mask[3, 3]
+    assert target_mask(dataclasses.replace(image, target_cells=np.array([[4, 0]])), (4, 4)) is None
