@@ -46,7 +46,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from model import compile_clock
+from model import compile_clock, distributed, sharding
 from model import telemetry as tm
 from model.checkpoint import CheckpointError, load_pretrained
 from model.decode import Generation, default_capacity, generate
@@ -212,19 +212,16 @@ class GRPOTrainer:
         seqs = policy.pack_windows(
             self.model.config, prompts, answers, prompt_of_row, LENGTH - width, width, pad
         )
+        mesh = sharding.mesh_of(self.state)  # the rows go over the mesh's data axis
+        seqs = sharding.put_batch(seqs, mesh)
         advantages = np.stack(advantages)
+        per_row = sharding.put(advantages.reshape(-1), ("batch",), mesh)
         reference = self._logprobs(self.ref_state, seqs)  # once per batch, not per update
         behaviour, runs, first = jnp.zeros_like(reference), [], None
         total = self.settings.updates_per_batch
         for k in range(total):
             self.state, self.opt_state, metrics, tokens = self._update(
-                self.state,
-                self.opt_state,
-                seqs,
-                advantages.reshape(-1),
-                behaviour,
-                reference,
-                np.bool_(k == 0),
+                self.state, self.opt_state, seqs, per_row, behaviour, reference, np.bool_(k == 0)
             )
             if first is None:  # the sampling policy's own forward pass
                 first, behaviour = tokens, tokens.logprob
@@ -233,7 +230,7 @@ class GRPOTrainer:
                 progress(k + 1, total)
         metrics = {key: float(np.mean([m[key] for m in runs])) for key in runs[0]}
         values = {
-            name: np.asarray(getattr(first, name)) for name in ("credit", "logprob", "entropy")
+            name: sharding.fetch(getattr(first, name)) for name in ("credit", "logprob", "entropy")
         }
         per_answer = {name: [] for name in values}
         row = 0
@@ -501,15 +498,20 @@ def cli_main(args: argparse.Namespace) -> int:
         print("python -m model rl: --steps must be at least 1", file=sys.stderr)
         return 2
     try:
-        m = load_pretrained(model_dir, args.dtype)
+        mesh = distributed.setup(args)  # several devices or processes: --mesh and the rest
+        sharding.check_batch(DEFAULT_SETTINGS.group_size, mesh, "the GRPO group")
+        if mesh is None:
+            m = load_pretrained(model_dir, args.dtype)
+        else:
+            m = sharding.load(model_dir, mesh, args.dtype)
         processor = Processor.from_pretrained(model_dir)
-    except (CheckpointError, ProcessorError) as e:
+    except (CheckpointError, ProcessorError, distributed.SetupError, sharding.MeshError) as e:
         print(f"python -m model rl: {e}", file=sys.stderr)
         return 2
     trainer = GRPOTrainer(m, processor)
     task = Task("train", args.seed)
     publisher = None
-    if args.serve is not None:
+    if args.serve is not None and distributed.is_leader():  # process 0 publishes
         publisher = _publisher(args, trainer, model_dir)
         if publisher is None:
             return 2
@@ -559,10 +561,16 @@ def _train(args: argparse.Namespace, trainer: GRPOTrainer, task: Task, publisher
     """``args.steps`` GRPO steps, one line (or JSON object) per update; with a publisher,
     each step's telemetry is published and attached viewers steer the watched sample."""
     sink = publisher or tm.NullSink()
+    if args.serve is not None and not distributed.is_leader():
+        sink = distributed.HeadlessSink()  # the same programs as process 0's publishing run
     control = publisher.control if publisher else tm.RolloutControl()
+    if distributed.several():
+        control = distributed.SharedControl(control)
     for step in range(args.steps):
         result = trainer.step(task, step, seed=args.seed, sink=sink, control=control)
         record = {"step": step, **{k: _rounded(result.metrics[k]) for k in METRIC_KEYS}}
+        if not distributed.is_leader():
+            continue  # process 0 prints
         if args.json:
             print(json.dumps(record), flush=True)
         else:
