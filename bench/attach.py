@@ -22,7 +22,7 @@ its dashboard's channel; both processes read the same monotonic clock); and, for
 stalled viewer attached.
 
 Targets: P / N >= 0.98; V20 / P >= 0.92 (V5 reported); S / P >= 0.98; emit to screen p99
-<= 100 ms.
+<= 100 ms at 20 FPS (the default frame rate).
 
     python -m bench.attach [--reps N] [--episodes E] [--new-tokens N] [--stall-minutes M]
 
@@ -268,7 +268,7 @@ def _producer(args: argparse.Namespace) -> int:
             to_screen += screen
         ms = [t * 1e3 for t in to_screen]
         met = report.verdict(report.percentile(ms, 99) <= LATENCY_P99_MS)
-        target = f"target p99 <= {LATENCY_P99_MS:.0f}: {met}"
+        target = f"target p99 <= {LATENCY_P99_MS:.0f}: {met}" if name == "V20" else "no target"
         lines += [
             (f"emit to channel, {name}", _spread([t * 1e3 for t in to_channel], "ms", "")),
             (f"emit to screen, {name}", _spread(ms, "ms", f"{len(ms)} chunks; {target}")),
