@@ -1,7 +1,7 @@
 """``python -m bench`` (what ``tox -e bench`` runs): the CPU benchmarks, one after the
 other, each in its own process so none inherits another's threads, caches or memory.
 
-    python -m bench                 # all CPU benchmarks (about 10-15 minutes on 2 cores)
+    python -m bench                 # all CPU benchmarks (about 20 minutes on 2 cores)
     python -m bench --only handoff,frame_cost
     python -m bench --soak          # also the soak (several minutes more)
 
