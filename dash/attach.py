@@ -31,6 +31,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
+import os
 import queue
 import time
 from typing import Any
@@ -163,6 +164,7 @@ class Client:
             self.sub.subscribe(b"")
             self.dealer = self._socket(ctx, zmq.DEALER)
             self.dealer.immediate = True  # no queueing for a producer that is not there
+            self.dealer.routing_id = b"v" + os.urandom(7)  # the same after a reconnection
             monitor = self.dealer.get_monitor_socket(MONITORED)
             self.sub.connect(self.endpoints.data)
             self.dealer.connect(self.endpoints.control)

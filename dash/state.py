@@ -54,6 +54,7 @@ class View:
     credits: Mapping[int, tm.CreditEvent] = dataclasses.field(default_factory=dict)  # by sample
     error: tm.ErrorEvent | None = None
     notice: str | None = None  # the rollout's last message, until the next prompt
+
     @property
     def stats(self) -> tm.HeadStats | None:
         """Per-head summaries ``[L, H]`` of the latest query position (decode, else
@@ -144,9 +145,7 @@ def reduce(view: View, event: tm.Event | Snapshot) -> View:
             # the same run announcing itself again (a new episode) keeps what was seen
             return view if view.run == event else View(run=event)
         case tm.PrefillEvent():
-            return dataclasses.replace(
-                view, prefill=event, decode=None, generated=(), notice=None
-            )
+            return dataclasses.replace(view, prefill=event, decode=None, generated=(), notice=None)
         case tm.DecodeChunk():
             return _fold_decode(view, event)
         case tm.PhaseEvent():
@@ -291,12 +290,15 @@ def edit_prompt(ui: UiState, key: str) -> tuple[UiState, str | None]:
 
 def follow(ui: UiState, selection: tuple[int, int, int], paused: bool, view: View) -> UiState:
     """The UI state showing the rollout's ``selection`` (sample, layer, head) and pause, as
-    its control holds them (an attached viewer shows the producer's). Pure."""
+    its control holds them (an attached viewer shows the producer's), within the run's
+    sizes. Pure."""
     if ui.selection == tuple(selection) and ui.paused == paused:
         return ui
+    layers, heads, samples = _sizes(view)
     sample, layer, head = selection
+    sample, head = _clamp(sample, 0, samples - 1), _clamp(head, 0, heads - 1)
     ui = dataclasses.replace(ui, sample=sample, head=head, paused=paused)
-    return _with_layer(ui, layer, max(_sizes(view)[0], layer + 1))
+    return _with_layer(ui, _clamp(layer, 0, layers - 1), layers)
 
 
 def visible_layers(ui: UiState, num_layers: int, rows: int) -> range:

@@ -161,6 +161,14 @@ def test_a_snapshot_folds_to_the_state_of_every_event():
             assert getattr(joined, field.name) == getattr(everything, field.name), field.name
 
 
+def test_a_viewer_shows_the_producers_selection_within_the_run():
+    view = state.reduce(state.View(), ev.run_info())  # batch 4, 8 layers, 8 heads
+    ui = state.follow(state.UiState(window=3), (2, 6, 5), True, view)
+    assert (ui.selection, ui.paused, ui.layer_top) == ((2, 6, 5), True, 4)
+    assert state.follow(ui, (2, 6, 5), True, view) is ui
+    assert state.follow(ui, (9, 99, -1), False, view).selection == (3, 7, 0)
+
+
 def test_detach_reattach_and_a_killed_viewer_leave_the_producer_running(address):
     producer = live(address, "--rate", "100")
     try:
