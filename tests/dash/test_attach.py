@@ -169,6 +169,19 @@ def test_a_viewer_shows_the_producers_selection_within_the_run():
     assert state.follow(ui, (9, 99, -1), False, view).selection == (3, 7, 0)
 
 
+def test_the_header_says_who_controls_and_counts_both_kinds_of_loss():
+    from dash.panels.header import Header
+
+    link = "viewer 2 of 3 · viewer 1 controls (c takes control)"
+    meters = state.Meters(dropped=7, link=link, socket_lost=5, bad_messages=2)
+    (_, notices), runs = ev.render(Header(), (160, 2), ev.frame([ev.run_info()], meters))
+    assert f"● {link}" in notices and ev.attr_of(runs, link) == "header"
+    assert notices.rstrip().endswith("socket lost 5 · bad 2 · dropped 7 · received 0/s")
+    lost = state.Meters(link="disconnected, waiting for ipc:///x", link_ok=False)
+    _, runs = ev.render(Header(), (160, 2), ev.frame([], lost))
+    assert ev.attr_of(runs, "disconnected, waiting for ipc:///x") == "header_warn"
+
+
 def test_detach_reattach_and_a_killed_viewer_leave_the_producer_running(address):
     producer = live(address, "--rate", "100")
     try:
