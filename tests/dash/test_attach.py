@@ -195,8 +195,8 @@ def test_detach_reattach_and_a_killed_viewer_leave_the_producer_running(address)
         second = Watcher(address)
         second.wait(lambda w: w.step() > 0)
         start, begun = second.step(), time.monotonic()
-        second.wait(lambda w: w.step() >= start + 50)  # still 100 steps a second
-        assert time.monotonic() - begun < 1.5 and producer.proc.poll() is None
+        second.wait(lambda w: w.step() >= start + 50)  # 0.5 s at 100 steps a second
+        assert time.monotonic() - begun < 3.0 and producer.proc.poll() is None
         assert second.client.socket_lost == 0
         second.close()
     finally:
