@@ -4,17 +4,24 @@
   XLA's operations in place of the decode step's Triton kernel (``model.attention_kernel``:
   q/k norms, mRoPE, cache write and attention);
 - transformers' ``generate`` (torch, sdpa, bf16, same weights via ``save_pretrained``);
-- the memory-bandwidth floor: bytes of text weights read per token / measured
-  device-to-device copy bandwidth (bytes read + written per second).
+- the memory-bandwidth floor: bytes of text weights read per token (on one device) /
+  measured device-to-device copy bandwidth (bytes read + written per second).
 
 Batch 1, a 512-token text prompt, 256 new tokens (greedy, EOS disabled so every run makes
 all 256). ``--small`` runs tiny shapes on any machine, through the same bf16 code paths (a
-smoke test of this script). Each part is warmed up once, then timed; a part that fails is
-recorded as an error and the rest still runs. Figures are printed last in one block; with
+smoke test of this script). ``--mesh data=D,model=M`` places the model on ``D x M`` devices
+(``model.sharding``) and decodes ``D`` rows, one per data group; the floor is then the bytes
+of text weights one device reads (its slices) over the copy bandwidth, transformers is not
+run, and the decode uses XLA's attention (the kernel runs on one device only). Each part is
+warmed up once, then timed; a part that fails is recorded as an error and the rest still
+runs. Figures are printed last in one block; with
 ``$OUT`` set they are also written to ``$OUT/gpu.json`` (after every part).
 
     python -m bench.gpu            # on the GPU machine, from the repository root
     python -m bench.gpu --small    # anywhere
+    python -m bench.gpu --mesh data=1,model=8    # a machine with 8 devices
+    XLA_FLAGS=--xla_force_host_platform_device_count=8 JAX_PLATFORMS=cpu \\
+        python -m bench.gpu --small --mesh data=2,model=4   # simulated: a sanity check only
 
 JAX is told not to preallocate most of the GPU's memory (``XLA_PYTHON_CLIENT_PREALLOCATE``),
 so torch can load transformers' copy of the weights in the same process.
@@ -26,6 +33,7 @@ import argparse
 import collections
 import glob
 import json
+import math
 import os
 import sys
 import tempfile
@@ -38,7 +46,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from model import attention_kernel  # noqa: E402
+from model import attention_kernel, sharding  # noqa: E402
 from model.config import Qwen3VLConfig, TextConfig, VisionConfig  # noqa: E402
 from model.decode import default_capacity, generate  # noqa: E402
 from model.decode.forward import runs_attention_kernel  # noqa: E402
@@ -127,17 +135,6 @@ def random_model(cfg: Qwen3VLConfig, dtype):
     return build(cfg, dtype, value_of)
 
 
-def text_weight_bytes(cfg: Qwen3VLConfig, itemsize: int) -> int:
-    """Bytes of text weights read to decode one token: every decoder layer, the final norm
-    and the LM head (tied: the embedding matrix, read whole for the logits)."""
-    t = cfg.text
-    q, kv = t.num_attention_heads * t.head_dim, t.num_key_value_heads * t.head_dim
-    attn = t.hidden_size * (q + 2 * kv) + q * t.hidden_size + 2 * t.head_dim
-    mlp = 3 * t.hidden_size * t.intermediate_size
-    layer = attn + mlp + 2 * t.hidden_size
-    return itemsize * (t.num_hidden_layers * layer + t.hidden_size + t.vocab_size * t.hidden_size)
-
-
 def copy_bandwidth(nbytes: int = 2 << 30) -> float:
     """Device-to-device copy bandwidth in bytes/s, counting bytes read and written: the
     fastest of 30 copies (one run measured 2.3 TB/s by the median of 10, another 3.5)."""
@@ -152,11 +149,31 @@ def copy_bandwidth(nbytes: int = 2 << 30) -> float:
     return 2 * nbytes / min(times)  # the best copy: the floor is what the card can do
 
 
-def ours(m, ids, telemetry: bool) -> dict:
+def device_weight_bytes(m) -> int:
+    """Bytes of text weights on one device: the whole of them on one, its slices on a mesh."""
+    from flax import nnx
+
+    total = 0
+    for path, var in nnx.to_flat_state(nnx.state(m)):
+        x = var.get_value()
+        if path[0] != "visual":
+            total += math.prod(x.sharding.shard_shape(x.shape)) * x.dtype.itemsize
+    return total
+
+
+def ours(m, ids, telemetry: bool, rows: int = 1) -> dict:
     chunks_seen = []
     on_chunk = chunks_seen.append if telemetry else None
     t0 = time.perf_counter()
-    gen = generate(m, ids, max_new_tokens=NEW, telemetry=telemetry, on_chunk=on_chunk)
+    gen = generate(
+        m,
+        ids,
+        max_new_tokens=NEW,
+        telemetry=telemetry,
+        on_chunk=on_chunk,
+        num_samples=rows,
+        token_texts=lambda ids: tuple(str(i) for i in np.ravel(ids)),
+    )
     total = time.perf_counter() - t0
     assert gen.lengths[0] == NEW, gen.lengths
     return {
@@ -259,7 +276,8 @@ def figures() -> list[tuple[str, str]]:
 
     lines = [
         ("device", f"{r.get('device')} · {r.get('shapes')} · jax {jax.__version__}"),
-        ("run", f"batch 1, {PROMPT}-token prompt, {NEW} new tokens, greedy"),
+        ("mesh", r.get("mesh", "one device")),
+        ("run", f"batch {r.get('rows', 1)}, {PROMPT}-token prompt, {NEW} new tokens, greedy"),
         ("decode attention", "Triton kernel" if r.get("attention_kernel") else "XLA"),
         ("ours telemetry on", tok_s("ours_telemetry_on")),
         ("ours telemetry off", tok_s("ours_telemetry_off")),
@@ -308,6 +326,7 @@ def main() -> int:
     p.add_argument("--small", action="store_true", help="tiny shapes (smoke test anywhere)")
     p.add_argument("--skip-transformers", action="store_true")
     p.add_argument("--profile", action="store_true", help="print the busiest kernels per token")
+    p.add_argument("--mesh", metavar="data=D,model=M", help="decode on D x M devices")
     args = p.parse_args()
     begin = time.perf_counter()
     dtype = jnp.bfloat16
@@ -316,11 +335,18 @@ def main() -> int:
     RESULTS["shapes"] = "small, bf16" if args.small else "Qwen3-VL-2B text, bf16"
     log(f"device {RESULTS['device']}; building random model")
     m = random_model(cfg, dtype)
+    mesh, rows = None, 1
+    if args.mesh:
+        sizes = sharding.parse_mesh(args.mesh)
+        mesh = sharding.make_mesh(sizes["data"], sizes["model"])
+        m, rows = sharding.shard_model(m, mesh), sizes["data"]
+        RESULTS["mesh"] = f"{sharding.mesh_text(mesh)} over {mesh.size} x {RESULTS['device']}"
+    RESULTS["rows"] = rows
     ids = np.random.default_rng(0).integers(10, cfg.text.vocab_size, (1, PROMPT), np.int32)
     runs: dict[str, list[dict]] = {"on": [], "off": []}
 
     def floor() -> None:
-        floor_bytes = text_weight_bytes(cfg, jnp.dtype(dtype).itemsize)
+        floor_bytes = device_weight_bytes(m)  # text weights (per device on a mesh)
         bw = copy_bandwidth(64 << 20 if args.small else 2 << 30)
         RESULTS["weight_bytes_per_token"] = floor_bytes
         RESULTS["copy_bandwidth_GB_s"] = bw / 1e9
@@ -329,11 +355,11 @@ def main() -> int:
 
     def decode() -> None:
         for name, tel in (("on", True), ("off", False)):
-            ours(m, ids, tel)  # compile + warm-up
+            ours(m, ids, tel, rows)  # compile + warm-up
             log(f"compiled telemetry {name}")
         for _ in range(3):  # interleaved
             for name, tel in (("on", True), ("off", False)):
-                runs[name].append(ours(m, ids, tel))
+                runs[name].append(ours(m, ids, tel, rows))
         for name, rs in runs.items():
             best = max(rs, key=lambda r: r["decode_tok_s"])
             RESULTS[f"ours_telemetry_{name}"] = {k: v for k, v in best.items() if k != "tokens"}
@@ -382,10 +408,11 @@ def main() -> int:
 
     part("floor", floor)
     part("ours", decode)
-    RESULTS["attention_kernel"] = runs_attention_kernel(cfg.text, default_capacity(PROMPT, NEW))
+    kernel = runs_attention_kernel(cfg.text, default_capacity(PROMPT, NEW))
+    RESULTS["attention_kernel"] = kernel and mesh is None
     if RESULTS["attention_kernel"]:  # elsewhere both runs would be the same program
         part("xla_attention", xla_attention)
-    if not args.skip_transformers:
+    if not args.skip_transformers and mesh is None:
         part("transformers", transformers)
     if args.profile:  # last: a failure under the profiler can poison the CUDA context
         part("profile", profile)

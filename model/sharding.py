@@ -281,6 +281,12 @@ def data_shards() -> int:
     return 1 if mesh.empty else mesh.shape[DATA]
 
 
+def model_shards() -> int:
+    """Devices on the current mesh's ``model`` axis (1 without a mesh)."""
+    mesh = jax.sharding.get_abstract_mesh()
+    return 1 if mesh.empty else mesh.shape[MODEL]
+
+
 def watched(x: jax.Array, row) -> jax.Array:
     """Row ``row`` of ``x [B, ...]`` as ``[D, ...]`` candidates, one per ``data`` shard:
     shard ``d`` takes its own local row ``row mod B/D``, so no device reads another's;

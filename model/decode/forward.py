@@ -129,9 +129,15 @@ def step_forward(m: Qwen3VL, cache: KVCache, recent: KVCache, tokens, deltas, sa
 
 def runs_attention_kernel(cfg, capacity: int) -> bool:
     """Whether a decode step with a ``capacity``-slot cache runs ``model.attention_kernel``:
-    on a GPU, where its shapes allow (the chunk's own cache has ``min(CHUNK, capacity)``)."""
+    on one GPU, where its shapes allow (the chunk's own cache has ``min(CHUNK, capacity)``).
+    On a mesh of several devices XLA's operations run instead: the partitioner cannot split
+    the kernel's call by batch rows and heads."""
     recent = min(CHUNK, capacity)
-    return jax.default_backend() == "gpu" and attention_kernel.supported(cfg, capacity, recent)
+    return (
+        jax.default_backend() == "gpu"
+        and sharding.data_shards() * sharding.model_shards() == 1
+        and attention_kernel.supported(cfg, capacity, recent)
+    )
 
 
 def _step_attention(cfg, cache: KVCache, cos, sin, with_parts: bool):
