@@ -254,11 +254,11 @@ class GRPOTrainer:
           as inference): the watched sample's ``PhaseEvent`` prefill start/end,
           ``PrefillEvent`` (its image with the cells of the shapes the question asks about),
           ``PhaseEvent`` decode start, one ``DecodeChunk`` per chunk of its tokens,
-          ``PhaseEvent`` decode end; then a ``StepProfile`` of the decode step at the group's
-          shapes (measured on the first step, then remembered);
-        - when ``P > 1``, ``PhaseEvent`` decode start, one per group sampled (``done`` of
-          ``total`` = P, the watched group counted) and end, around sampling the other groups
-          (no telemetry);
+          ``PhaseEvent`` decode end;
+        - ``PhaseEvent`` decode start (``done`` 1 of ``total`` = P: the watched group), a
+          ``StepProfile`` of the decode step at the group's shapes (measured on the first
+          step, then remembered), one ``PhaseEvent`` per other group sampled (no telemetry)
+          and the decode end;
         - ``PhaseEvent`` reward start/end, ``PhaseEvent`` update start, one per optimizer
           update (``done`` of ``updates_per_batch``) and end, a ``TrainEvent`` (``rewards``:
           the first group's ``G``; the other metrics over all ``P * G`` answers:
@@ -292,24 +292,22 @@ class GRPOTrainer:
             seconds = _seconds_since(start, compiled) - watched.waited
             if control.stopped:
                 return None  # stopped while decoding: the group may be incomplete
-            cache_len = first.prompt_length + int(first.lengths.max()) - 1
-            with compile_phases(sink):
-                profile = profile_step(
-                    self.model, s.group_size, self.capacity, cache_len, self.sampling
-                )
-            sink.emit(profile)
             start = time.perf_counter()
             if not control.gate():  # paused: the rest of the step waits for a single step
                 return None
             waited = watched.waited + time.perf_counter() - start
         generations = [first]
-        if len(examples) > 1:
-            with _phase(sink, "decode", done=1, total=len(examples)) as progress:
-                for inputs, group_seed in zip(prompts[1:], seeds[1:], strict=True):
-                    gen, gen_seconds = self.sample(inputs, group_seed, telemetry=False)
-                    generations.append(gen)
-                    seconds += gen_seconds
-                    progress(len(generations))
+        with _phase(sink, "decode", done=1, total=len(examples)) as progress:
+            if not isinstance(sink, tm.NullSink):  # the decode step's stages, as sampled
+                cache_len = first.prompt_length + int(first.lengths.max()) - 1
+                sink.emit(
+                    profile_step(self.model, s.group_size, self.capacity, cache_len, self.sampling)
+                )
+            for inputs, group_seed in zip(prompts[1:], seeds[1:], strict=True):
+                gen, gen_seconds = self.sample(inputs, group_seed, telemetry=False)
+                generations.append(gen)
+                seconds += gen_seconds
+                progress(len(generations))
         reward_start = time.perf_counter()
         with _phase(sink, "reward"):
             scored = [

@@ -16,8 +16,9 @@ from tests.model.recording import Recorder
 EOS_TEXTS = ("<|im_end|>", "<|endoftext|>")
 SETTINGS = GRPOSettings(prompts_per_step=1, max_new_tokens=4, learning_rate=1e-2)
 STEP_KINDS_HEAD = ["phase", "phase", "prefill", "phase"]
-# decode end, profile, reward start / end, update start / 1 of 2 / 2 of 2 / end, ...
-STEP_KINDS_TAIL = ["phase", "profile", *["phase"] * 6, "train", "group", *["credit"] * 4]
+# decode end, decode start (1 of 1), profile, decode end, reward start / end, update start /
+# 1 of 2 / 2 of 2 / end, ...
+STEP_KINDS_TAIL = ["phase", "phase", "profile", *["phase"] * 7, "train", "group", *["credit"] * 4]
 
 
 @pytest.fixture(scope="module")
@@ -51,10 +52,11 @@ def test_event_sequence(two_steps):
         i += 4 + n + tail
     assert i == len(rest)
     phases = _not_compile(sink.of(tm.PhaseEvent))
-    phases = [(e.phase, e.active, e.done, e.total) for e in phases[:12]]
+    phases = [(e.phase, e.active, e.done, e.total) for e in phases[:14]]
     assert phases == [
         ("prefill", True, None, None), ("prefill", False, None, None),
         ("decode", True, None, None), ("decode", False, None, None),
+        ("decode", True, 1, 1), ("decode", False, None, None),
         ("reward", True, None, None), ("reward", False, None, None),
         ("update", True, 0, 2), ("update", True, 1, 2), ("update", True, 2, 2),
         ("update", False, None, None),
@@ -216,8 +218,8 @@ def test_paused_single_steps_decode_the_watched_answer_then_run_the_rest_of_the_
             assert "train" not in kinds()
             control.step_once()
             settled(lambda count=count: len(sink.tokens()) > count or sink.tokens()[-1].done)
-        settled(lambda: "profile" in kinds())
-        assert kinds()[-1] == "profile" and "reward" not in [
+        settled(lambda: kinds()[-1] == "phase")  # the watched group's decode ended
+        assert "profile" not in kinds() and "reward" not in [
             getattr(e, "phase", None) for e in sink.events
         ]  # the watched answer is done: the rest of the step waits
         before = len(sink.events)
@@ -226,6 +228,7 @@ def test_paused_single_steps_decode_the_watched_answer_then_run_the_rest_of_the_
         rest = _not_compile(sink.events[before:])
         progress = [(e.phase, e.done, e.total) for e in rest if e.kind == "phase" and e.active]
         assert progress[:3] == [("decode", 1, 2), ("decode", 2, 2), ("reward", None, None)]
+        assert [e.kind for e in rest][:3] == ["phase", "profile", "phase"]
         assert ("update", 2, 2) in progress and len(sink.of(tm.TrainEvent)) == 1
         # step 1: its prefill and the prefill's token, then paused before the decode steps
         assert [e.kind for e in rest][-3:] == ["prefill", "phase", "decode"]
