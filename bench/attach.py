@@ -180,7 +180,7 @@ def _producer(args: argparse.Namespace) -> int:
     report.start("attach: publishing for viewers in other processes vs not publishing")
     emb = embedded.load()
     print(f"# model: {emb.label}", flush=True)
-    directory = tempfile.mkdtemp(prefix="q3b", dir="/tmp")
+    directory = tempfile.mkdtemp(prefix="attach-", dir="/tmp")  # a short socket path
     publisher = Publisher(f"ipc://{directory}/p")
     tap = _Tap()
     episode = iter(range(10**9))
@@ -283,6 +283,7 @@ def _producer(args: argparse.Namespace) -> int:
     if args.stall_minutes > 0:
         lines += _long_stall(publisher, tap, episodes, args.stall_minutes)
     publisher.close()
+    os.rmdir(directory)
     report.figures("attach: publishing for attached viewers", lines)
     return 0
 
