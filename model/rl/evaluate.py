@@ -6,6 +6,8 @@ answers per question at a temperature, the distribution GRPO samples from and op
 task reward (partial credit and the malformed penalty included); ``n`` counts answers;
 ``rewards`` lists them, question by question in a fixed order (a sampled eval's ``samples``
 answers to one question together), so two evals of one task can be compared pairwise.
+``content`` / ``content_accuracy`` are the same for what the answers say, their form aside
+(``model.tasks.rewards.content_reward``: ``it is red`` counts as ``red``).
 """
 
 from __future__ import annotations
@@ -16,8 +18,9 @@ from model.decode import generate
 from model.processor import Processor
 from model.sampling import SamplingParams
 from model.tasks import QTYPES, Task
+from model.tasks.rewards import content_reward
 
-MAX_ANSWER_TOKENS = 6
+MAX_ANSWER_TOKENS = 8
 EVAL_BATCH = 8
 
 
@@ -52,18 +55,26 @@ def greedy_answers(m, processor: Processor, examples) -> list[str]:
     return texts
 
 
-def _report(rewards: dict[str, list[float]]) -> dict[str, dict[str, float]]:
-    rewards = {q: rewards[q] for q in QTYPES}
-    rewards["all"] = [r for q in QTYPES for r in rewards[q]]
-    return {
-        q: {
-            "accuracy": float(np.mean(np.asarray(r) == 1.0)),
+def _report(scored: dict[str, list[tuple[float, float]]]) -> dict[str, dict[str, float]]:
+    """Per question type (and ``all``) from its answers' (reward, content reward)."""
+    scored = {q: scored[q] for q in QTYPES}
+    scored["all"] = [x for q in QTYPES for x in scored[q]]
+    report = {}
+    for q, pairs in scored.items():
+        r, c = np.asarray(pairs, np.float64).reshape(-1, 2).T
+        report[q] = {
+            "accuracy": float(np.mean(r == 1.0)),
             "reward": float(np.mean(r)),
+            "content_accuracy": float(np.mean(c == 1.0)),
+            "content": float(np.mean(c)),
             "n": len(r),
             "rewards": [float(x) for x in r],
         }
-        for q, r in rewards.items()
-    }
+    return report
+
+
+def _score(task: Task, example, answer: str) -> tuple[float, float]:
+    return task.reward(example, answer), content_reward(example.qtype, answer, example.answer)
 
 
 def evaluate(m, processor: Processor, task: Task, per_type: int) -> dict[str, dict[str, float]]:
@@ -71,10 +82,10 @@ def evaluate(m, processor: Processor, task: Task, per_type: int) -> dict[str, di
     examples of each question type, plus ``"all"``."""
     examples = [task.sample(i) for i in range(per_type * len(QTYPES))]
     answers = greedy_answers(m, processor, examples)
-    rewards = {q: [] for q in QTYPES}
+    scored = {q: [] for q in QTYPES}
     for ex, answer in zip(examples, answers, strict=True):
-        rewards[ex.qtype].append(task.reward(ex, answer))
-    return _report(rewards)
+        scored[ex.qtype].append(_score(task, ex, answer))
+    return _report(scored)
 
 
 def evaluate_sampled(
@@ -83,7 +94,7 @@ def evaluate_sampled(
     """As ``evaluate``, over ``samples`` answers per question drawn at ``temperature``
     (question ``i`` uses seed ``i``)."""
     eos = sorted(processor.eos_token_ids)
-    rewards = {q: [] for q in QTYPES}
+    scored = {q: [] for q in QTYPES}
     for i in range(per_type * len(QTYPES)):
         ex = task.sample(i)
         p = processor.prepare(ex.question, [ex.image])
@@ -94,12 +105,15 @@ def evaluate_sampled(
         )  # fmt: skip
         for b in range(samples):
             answer = processor.decode(gen.tokens[b, : gen.lengths[b]])
-            rewards[ex.qtype].append(task.reward(ex, answer))
-    return _report(rewards)
+            scored[ex.qtype].append(_score(task, ex, answer))
+    return _report(scored)
 
 
 def format_report(report: dict[str, dict[str, float]]) -> str:
-    lines = [f"{'type':<8} {'n':>4} {'accuracy':>9} {'reward':>7}"]
+    lines = [f"{'type':<8} {'n':>4} {'accuracy':>9} {'reward':>7} {'content accuracy':>17}"]
     for q, r in report.items():
-        lines.append(f"{q:<8} {r['n']:>4} {r['accuracy']:>9.1%} {r['reward']:>7.3f}")
+        lines.append(
+            f"{q:<8} {r['n']:>4} {r['accuracy']:>9.1%} {r['reward']:>7.3f}"
+            f" {r['content_accuracy']:>17.1%}"
+        )
     return "\n".join(lines)

@@ -124,7 +124,7 @@ def pack(
     )
 
 
-def _embed(m: nnx.Module, seqs: Sequences):
+def embed(m: nnx.Module, seqs: Sequences):
     """Input embeddings ``[B, L, D]`` of ``seqs`` with the images in their slots, and the
     DeepStack features ``[k, B, L, D]`` (zero off the image tokens) or None."""
     x = m.language_model.embed_tokens(seqs.input_ids)
@@ -143,7 +143,7 @@ def _embed(m: nnx.Module, seqs: Sequences):
 
 def forward(m: nnx.Module, seqs: Sequences) -> jax.Array:
     """Float32 logits ``[B, L, vocab]`` of ``seqs`` under the Qwen3VL module ``m``."""
-    x, deepstack = _embed(m, seqs)
+    x, deepstack = embed(m, seqs)
     cos, sin = m.cos_sin(seqs.positions)
     h, *_ = m.language_model(x, cos, sin, deepstack)
     return m.head(h)
@@ -210,7 +210,7 @@ def forward_windows(m: nnx.Module, w: Windows) -> jax.Array:
     """Float32 logits ``[B, W, vocab]`` of the windows ``w``: equal to ``forward`` of the full
     rows at the windows' positions, with each prompt's decoder pass (and vision tower) run
     once for all the answers to it instead of once per answer."""
-    x, deepstack = _embed(m, w.prompts)
+    x, deepstack = embed(m, w.prompts)
     cos, sin = m.cos_sin(w.prompts.positions)
     _, keys, values, _ = m.language_model(x, cos, sin, deepstack)  # L x [P, Hkv, T, hd]
     width, length = w.input_ids.shape[1], keys[0].shape[2]

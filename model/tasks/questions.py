@@ -25,6 +25,13 @@ from collections import Counter
 from model.tasks.scenes import COLORS, COLUMNS, KINDS, MAX_SHAPES, ROWS, Scene, Shape
 
 QTYPES = ("color", "where", "count", "left_of")
+# an answer said as a sentence ending with it: fine for a person, malformed for the reward
+SENTENCES = {
+    "color": "it is {}",
+    "where": "it is {}",
+    "count": "there are {}",
+    "left_of": "it is {}",
+}
 TEMPLATES = {
     "color": "what color is the {kind}?",
     "where": "where is the {color} {kind}?",
@@ -52,6 +59,11 @@ def all_answers() -> list[str]:
 
 
 QA = tuple[str, str, tuple[Shape, ...]]  # question, answer, targets
+
+
+def sentence(qtype: str, answer: str) -> str:
+    """``answer`` said as a sentence that ends with it: 'red' -> 'it is red'."""
+    return SENTENCES[qtype].format(answer)
 
 
 def make_question(scene: Scene, qtype: str, rng: random.Random) -> QA | None:

@@ -80,3 +80,10 @@ REWARD_FUNCTIONS = {
 def reward(qtype: str, response: str, answer: str) -> float:
     """Reward of ``response`` to a question of type ``qtype`` whose correct answer is ``answer``."""
     return REWARD_FUNCTIONS[qtype](response, answer)
+
+
+def content_reward(qtype: str, response: str, answer: str) -> float:
+    """The reward of what ``response`` says, its form aside: of its last words, as many as
+    ``answer`` has ('it is red' is rewarded as 'red'). For reports, never for training."""
+    words = normalize(response).split()
+    return reward(qtype, " ".join(words[-len(answer.split()) :]), answer)

@@ -46,3 +46,19 @@ def test_reward(qtype, response, answer, expected):
 def test_normalize():
     assert normalize("  Top \n  LEFT. ") == "top left"
     assert normalize("red!") == "red"
+
+
+@pytest.mark.parametrize(
+    ("qtype", "answer"),
+    [("color", "red"), ("where", "top left"), ("count", "2"), ("left_of", "red circle")],
+)
+def test_a_sentence_answer_is_malformed_but_its_content_counts(qtype, answer):
+    from model.tasks.questions import sentence
+    from model.tasks.rewards import content_reward
+
+    said = sentence(qtype, answer)
+    assert said.endswith(answer) and said != answer
+    assert reward(qtype, said, answer) == MALFORMED
+    assert content_reward(qtype, said, answer) == 1.0
+    assert content_reward(qtype, answer, answer) == 1.0  # the bare answer too
+    assert content_reward(qtype, "it is", answer) == MALFORMED

@@ -120,3 +120,35 @@ def test_scenes_cover_every_shape_count_colour_kind_and_cell(examples):
     assert {s.color for s in shapes} == set(COLORS)
     assert {s.kind for s in shapes} == {"circle", "square", "triangle"}
     assert {(s.row, s.col) for s in shapes} == {(r, c) for r in range(3) for c in range(3)}
+
+
+def test_targets_are_the_shapes_the_answer_is_read_from(examples):
+    from model.tasks.scenes import shape_cells
+
+    for ex in examples["train"][:40]:
+        names = {s.name for s in ex.targets}
+        if ex.qtype in ("color", "where"):
+            assert len(ex.targets) == 1
+            assert ex.answer in (ex.targets[0].color, ex.targets[0].place)
+        elif ex.qtype == "count":
+            assert len(ex.targets) == int(ex.answer)
+        else:  # the named shape and the one left of it, which is the answer
+            ref, left = ex.targets
+            assert left.name == ex.answer and left.col < ref.col and ref.name in ex.question
+        assert names <= {s.name for s in ex.scene.shapes}
+        cells = ex.target_cells(8)
+        mask = shape_cells(ex.targets, 8)
+        assert cells.dtype == np.int32 and len(cells) == mask.sum()
+        assert all(mask[r, c] for r, c in cells)
+
+
+def test_shape_cells_cover_the_drawn_shape():
+    from model.tasks.scenes import Scene, Shape, draw_scene, shape_cells
+
+    shape = Shape(1, 2, "red", "square")  # middle right
+    mask = shape_cells((shape,), 8)
+    pixels = np.asarray(draw_scene(Scene((shape,))))
+    drawn = (pixels != BACKGROUND).any(-1).reshape(8, 32, 8, 32).mean(axis=(1, 3))
+    np.testing.assert_array_equal(mask, drawn >= 0.1)
+    assert mask[:, :5].sum() == 0 and mask[3:5, 6:8].all()
+    assert shape_cells((), 8).sum() == 0
