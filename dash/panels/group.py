@@ -69,7 +69,7 @@ class Group(Panel):
             return waiting("waiting for the first scored group…")
         selected = min(max(frame.ui.sample, 0), max(len(g.tokens) - 1, 0))
         lines: list[Row] = []
-        if g.question and rows >= 4:
+        if g.question and rows >= len(g.tokens) + 2:  # room for every answer too
             lines.append([("label", "q: "), ("value", clip(safe(g.question), cols - 3))])
         room = max(1, rows - len(lines) - 1)
         first = min(max(0, selected - room // 2), max(0, len(g.tokens) - room))
