@@ -20,12 +20,15 @@ LONG_ROW = 2048  # keys from which head_stats takes a dot and a two-level argmax
 def attention(
     q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array
 ) -> tuple[jax.Array, jax.Array]:
-    """Softmax attention.
+    """Softmax attention: scores in the inputs' dtype, the softmax in float32, as
+    transformers does.
 
-    ``q [B, Tq, Hq, D]``, ``k, v [B, Hkv, Tk, D]`` (heads-major, the KV cache's layout),
-    ``mask [B, Tq, Tk]`` (True = may attend).
-    Returns ``out [B, Tq, Hq, D]`` (dtype of ``q``) and ``probs [B, Hq, Tq, Tk]`` float32.
-    Scores are taken in the inputs' dtype and the softmax in float32, as transformers does.
+    Args:
+        q: ``[B, Tq, Hq, D]``.
+        k, v: ``[B, Hkv, Tk, D]`` (heads-major, the KV cache's layout).
+        mask: ``[B, Tq, Tk]`` bool, True where a query may attend.
+    Returns:
+        ``out [B, Tq, Hq, D]`` in ``q``'s dtype and ``probs [B, Hq, Tq, Tk]`` float32.
     """
     b, tq, hq, d = q.shape
     hkv = k.shape[1]
@@ -40,19 +43,24 @@ def attention(
 def causal_attention(
     q: jax.Array, k: jax.Array, v: jax.Array, observe=None, observed=None
 ) -> tuple[jax.Array, object]:
-    """Causal ``attention`` of ``q [B, T, Hq, D]`` over ``k, v [B, Hkv, T, D]``, computed
-    for equal blocks of at most ``QUERY_BLOCK`` queries in turn, so that memory grows as
-    ``T x block``, not ``T x T``.
+    """Causal ``attention``, computed for equal blocks of at most ``QUERY_BLOCK`` queries in
+    turn, so that memory grows as ``T x block``, not ``T x T``.
 
     The blocks form ``CAUSAL_SEGMENTS`` segments of consecutive blocks; a segment reads the
     keys up to its last query only (later keys are masked for all of its queries), which
     skips most of the masked half of the work. Each block sees all the keys its queries may
     attend, so every row's softmax is exact.
 
-    ``observe(observed, start, probs [B, Hq, Tb, Tw]) -> observed`` folds in the weights of
-    queries ``start .. start + Tb - 1`` (rows past ``T`` are padding) over keys
-    ``0 .. Tw - 1`` (``Tw <= T``; the weights of later keys are 0) while they exist.
-    Returns ``out [B, T, Hq, D]`` and the final ``observed``.
+    Args:
+        q: ``[B, T, Hq, D]``.
+        k, v: ``[B, Hkv, T, D]``.
+        observe: ``observe(observed, start, probs [B, Hq, Tb, Tw]) -> observed`` folds in
+            the weights of queries ``start .. start + Tb - 1`` (rows past ``T`` are padding)
+            over keys ``0 .. Tw - 1`` (``Tw <= T``; the weights of later keys are 0) while
+            they exist, block by block; or ``None``.
+        observed: the fold's initial value.
+    Returns:
+        ``out [B, T, Hq, D]`` and the final ``observed``.
     """
     b, t, hq, d = q.shape
     n = -(-t // QUERY_BLOCK)
@@ -83,15 +91,19 @@ def causal_attention(
 
 def cached_attention(
     q: jax.Array, caches: tuple[tuple[jax.Array, jax.Array, jax.Array], ...]
-) -> tuple[jax.Array, jax.Array]:
-    """Softmax attention of one new query per row over several KV caches at once.
+) -> tuple[jax.Array, jax.Array, tuple[jax.Array, jax.Array, jax.Array]]:
+    """Softmax attention of one new query per row over several KV caches at once: one
+    softmax over the slots of all caches, in order, with the arithmetic of ``attention``.
 
-    ``q [B, 1, Hq, D]``; each cache is ``(k [B, Hkv, S, D], v [B, Hkv, D, S], mask [S])``:
-    keys, values transposed (``model.kv_cache``) and which of its ``S`` slots may be attended.
-    Returns ``out [B, 1, Hq, D]``, ``probs [B, Hq, 1, sum(S)]`` float32: one softmax over
-    the slots of all caches, in order, and its parts ``(scores, top, lse)``: the scores it
-    took (shaped as ``probs``, masked slots ``NEG_INF``), their maximum and log-sum-exp
-    ``[B, Hq, 1]`` each (``probs = exp(scores - lse)``). The arithmetic of ``attention``.
+    Args:
+        q: ``[B, 1, Hq, D]``.
+        caches: each ``(k [B, Hkv, S, D], v [B, Hkv, D, S], mask [S])``: keys, values
+            transposed (``model.kv_cache``) and which of its ``S`` slots may be attended.
+    Returns:
+        ``out [B, 1, Hq, D]``, ``probs [B, Hq, 1, sum(S)]`` float32 and the softmax's parts
+        ``(scores, top, lse)``: the scores it took (shaped as ``probs``, masked slots
+        ``NEG_INF``), their maximum and log-sum-exp ``[B, Hq, 1]`` each
+        (``probs = exp(scores - lse)``).
     """
     b, tq, hq, d = q.shape
     hkv = caches[0][0].shape[1]
@@ -120,11 +132,15 @@ def cached_attention(
 
 
 def head_stats(rows: jax.Array, vision: jax.Array) -> dict[str, jax.Array]:
-    """Summaries of attention rows ``rows [..., Tk]`` (each sums to 1), e.g. ``[L, H, Tk]``.
+    """Summaries of attention rows, each summing to 1.
 
-    ``vision [Tk]`` bool marks image-token positions. Returns ``[...]`` arrays:
-    ``max_weight``, ``entropy`` (nats, ``0 log 0 = 0``), ``vision_mass``, ``sink_mass``
-    (weight on position 0) and ``argmax`` (int32).
+    Args:
+        rows: ``[..., Tk]``, e.g. ``[L, H, Tk]``.
+        vision: ``[Tk]`` bool, True at image-token positions.
+    Returns:
+        ``[...]`` arrays by name: ``max_weight``, ``entropy`` (nats, ``0 log 0 = 0``),
+        ``vision_mass``, ``sink_mass`` (weight on position 0) and ``argmax`` (int32, the
+        first position of the largest weight).
     """
     logs = jnp.log(jnp.maximum(rows, jnp.finfo(rows.dtype).tiny))  # 0 log 0 = 0 * finite
     top, first = _first_max(rows)
@@ -142,10 +158,18 @@ def head_stats(rows: jax.Array, vision: jax.Array) -> dict[str, jax.Array]:
 
 
 def softmax_stats(rows: jax.Array, parts, vision: jax.Array) -> dict[str, jax.Array]:
-    """``head_stats`` of rows that ``cached_attention`` returned with their softmax's
-    ``parts = (scores [..., Tk], top [...], lse [...])``, in fewer passes over the keys: the
-    largest weight is ``exp(top - lse)``, the first key scoring ``top`` holds it, and the
-    entropy needs no logarithm per key, ``-sum p log p = lse - sum p * scores``."""
+    """``head_stats`` of rows that ``cached_attention`` returned, from its softmax's parts,
+    in fewer passes over the keys: the largest weight is ``exp(top - lse)``, the first key
+    scoring ``top`` holds it, and the entropy needs no logarithm per key,
+    ``-sum p log p = lse - sum p * scores``.
+
+    Args:
+        rows: ``[..., Tk]`` attention weights.
+        parts: ``(scores [..., Tk], top [...], lse [...])``.
+        vision: ``[Tk]`` bool, True at image-token positions.
+    Returns:
+        ``head_stats``' ``[...]`` arrays.
+    """
     scores, top, lse = parts
     t = rows.shape[-1]
     first = jnp.where(scores == top[..., None], jnp.arange(t, dtype=jnp.float32), t).min(-1)
@@ -182,13 +206,19 @@ def _first_max(rows: jax.Array) -> tuple[jax.Array, jax.Array]:
 
 
 def pool_max(rows: jax.Array, start, length, size: int) -> jax.Array:
-    """Block-max pool rows ``start .. start + Tb - 1`` of an attention map, given as
-    ``rows [Tb, T]``, to ``[size, size]``; the map's top-left ``[length, length]`` counts.
+    """Block-max pool one block of rows of an attention map to ``[size, size]``; the map's
+    top-left ``[length, length]`` counts.
 
     Index ``i < length`` falls in bin ``i * r // length`` with ``r = min(length, size)``, so
     bins cover the map evenly; the maximum keeps a single strong weight visible. The maximum
     of the results over all blocks of rows is the pooled map; only its top-left ``[r, r]``
     is meaningful (the rest is 0).
+
+    Args:
+        rows: ``[Tb, T]`` the map's rows ``start .. start + Tb - 1``.
+        length: the map's real size; rows and columns from ``length`` on are left out.
+    Returns:
+        ``[size, size]``, this block's share of the pooled map.
     """
     tb, t = rows.shape
     r = jnp.minimum(length, size)

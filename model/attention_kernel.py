@@ -42,7 +42,12 @@ COMPILER_PARAMS = pltriton.CompilerParams(num_warps=4, num_stages=1)
 def supported(cfg: TextConfig, capacity: int, recent: int) -> bool:
     """Whether the kernel takes these shapes: Triton's blocks are powers of two and its dots
     at least ``DOT_MIN`` high and deep, so the query heads, half the head size and the
-    chunk's cache must be such, the main cache a whole number of blocks."""
+    chunk's cache must be such, the main cache a whole number of blocks.
+
+    Args:
+        capacity: slots of the main cache, ``C``.
+        recent: slots of the chunk's own cache, ``S``.
+    """
 
     def fits(n: int) -> bool:
         return n >= DOT_MIN and n & (n - 1) == 0
@@ -77,14 +82,22 @@ def decode_attention(
     """A decode step's attention of one layer, from the projections of its query, key and
     value to the input of the output projection, as one kernel.
 
-    The step's projections ``q [B, Hq, D]``, ``k, v [B, Hkv, D]``; q and k are RMS-normalised
-    per head with ``scales = (q_scale, k_scale)`` ``[D]`` each and ``eps``, then rotated by
-    ``cos, sin [B, D]`` float32 (mRoPE). ``main = (k [B, Hkv, C, D], v [B, Hkv, D, C])``, of
-    which slots ``< main_length`` may be attended; the chunk's cache ``recent = (k [B, Hkv,
-    S, D], v [B, Hkv, D, S])``, whose slot ``position`` receives the step's key and value
-    and whose slots ``<= position`` may be attended. Returns ``out [B, 1, Hq, D]``, with
-    ``parts`` ``probs [B, Hq, 1, C + S]`` and ``(scores, top, lse)`` as ``cached_attention``
-    does (``None, None`` without), and ``recent`` updated.
+    Args:
+        q: ``[B, Hq, D]`` the step's query projections; ``k, v [B, Hkv, D]`` its key's and
+            value's.
+        scales: ``(q_scale, k_scale)``, ``[D]`` each: q and k are RMS-normalised per head
+            with them and ``eps``, then rotated by ``cos, sin [B, D]`` float32 (mRoPE).
+        main: ``(k [B, Hkv, C, D], v [B, Hkv, D, C])``, the main cache, of which slots
+            ``< main_length`` may be attended.
+        recent: ``(k [B, Hkv, S, D], v [B, Hkv, D, S])``, the chunk's cache: slot
+            ``position`` receives the step's key and value, and slots ``<= position`` may be
+            attended.
+        parts: also return the weights and the softmax's parts.
+        interpret: run in Pallas' interpreter (on any backend).
+    Returns:
+        ``out [B, 1, Hq, D]``; with ``parts``, ``probs [B, Hq, 1, C + S]`` and ``(scores,
+        top, lse)`` as ``cached_attention`` returns them (``None, None`` without); and
+        ``recent`` updated.
     """
     b, hq, d = q.shape
     hkv, capacity = main[0].shape[1], main[0].shape[2]

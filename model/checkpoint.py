@@ -147,8 +147,9 @@ def _tensors(files: list[Path], handles: list) -> dict[str, _Tensor]:
 
 
 def checkpoint_dtype(path) -> str:
-    """The dtype a checkpoint directory's parameters are stored in: ``config.json``'s
-    ``dtype`` (or ``torch_dtype``), else that of its first floating-point tensor."""
+    """The name (a key of ``DTYPES``) of the dtype a checkpoint directory's parameters are
+    stored in: ``config.json``'s ``dtype`` (or ``torch_dtype``), else that of its first
+    floating-point tensor."""
     path = Path(path)
     _, raw = _read_config(path)
     for d in (raw, raw.get("text_config") or {}):

@@ -59,6 +59,8 @@ class Qwen3VLConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> Qwen3VLConfig:
+        """The config of a parsed ``config.json``; raises ``ConfigError`` for one that is not
+        Qwen3-VL's, lacks a field or whose ``mrope_section`` does not cover ``head_dim``."""
         if d.get("model_type") != "qwen3_vl":
             raise ConfigError(f"model_type is {d.get('model_type')!r}, expected 'qwen3_vl'")
         t = dict(d.get("text_config") or {})
@@ -113,6 +115,7 @@ class Qwen3VLConfig:
 
     @classmethod
     def from_json(cls, path: str | Path) -> Qwen3VLConfig:
+        """The config in the ``config.json`` file at ``path``; raises ``ConfigError``."""
         path = Path(path)
         try:
             d = json.loads(path.read_text())

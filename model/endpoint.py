@@ -138,6 +138,8 @@ class ServerKeys:
 
 
 def default_key_dir() -> Path:
+    """Where ``server_keys`` keeps the keys by default: ``qwen3vl-dash/curve`` in
+    ``$XDG_CONFIG_HOME`` (``~/.config`` without it)."""
     config = os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config"
     return Path(config) / "qwen3vl-dash" / "curve"
 
@@ -215,12 +217,14 @@ def viewer_key(text: str) -> ViewerKey:
 
 
 def secure_server(socket: zmq.Socket, keys: ServerKeys) -> None:
+    """Make ``socket`` a CURVE server with the producer's ``keys`` (before it binds)."""
     socket.curve_secretkey = keys.secret
     socket.curve_publickey = keys.public
     socket.curve_server = True
 
 
 def secure_viewer(socket: zmq.Socket, key: ViewerKey) -> None:
+    """Make ``socket`` a CURVE client of the producer ``key`` names (before it connects)."""
     socket.curve_serverkey = key.server_public
     socket.curve_publickey = key.public
     socket.curve_secretkey = key.secret

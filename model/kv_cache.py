@@ -34,6 +34,8 @@ class KVCache:
 
     @classmethod
     def create(cls, cfg: TextConfig, batch: int, capacity: int, dtype) -> KVCache:
+        """An empty cache of ``capacity`` slots per row for ``batch`` rows: zero buffers
+        ``k L x [B, Hkv, C, hd]``, ``v L x [B, Hkv, hd, C]`` of ``dtype``, length 0."""
         shape = (batch, cfg.num_key_value_heads, capacity, cfg.head_dim)
         layers = range(cfg.num_hidden_layers)
         return cls(
@@ -45,11 +47,19 @@ class KVCache:
 
     @property
     def capacity(self) -> int:
+        """``C``, the slots per row."""
         return self.vision.shape[1]
 
     def write_prompt(self, k, v, vision: jax.Array, length) -> KVCache:
-        """Store a prompt's keys and values ``L x [B, Hkv, T, hd]`` and ``vision [B, T]`` at
-        positions ``[0, T)``; ``length <= T`` tokens of it are real (the rest is padding)."""
+        """This cache with a prompt stored at positions ``[0, T)``.
+
+        Args:
+            k, v: ``L x [B, Hkv, T, hd]`` each (``v`` as attention makes it; it is stored
+                transposed).
+            vision: ``[B, T]`` bool, True at image tokens.
+            length: how many of the ``T`` tokens are real (the rest is padding); the
+                cache's new ``length``.
+        """
 
         def write(buffers, new):
             start = (0, 0, 0, 0)
@@ -66,7 +76,8 @@ class KVCache:
         )
 
     def write_token(self, layer: int, k: jax.Array, v: jax.Array) -> KVCache:
-        """Store one token's ``k, v [B, Hkv, 1, hd]`` of ``layer`` at position ``length``."""
+        """Store one token's ``k, v [B, Hkv, 1, hd]`` of ``layer`` at position ``length``
+        (``length`` is not advanced: every layer writes at the same position)."""
         keys, values = self.k[layer], self.v[layer]
         return self.with_layer(
             layer,

@@ -21,7 +21,7 @@ INIT_STD = 0.02  # transformers' initializer_range
 
 
 def normal_init(rngs: nnx.Rngs, shape: tuple[int, ...], dtype) -> jax.Array:
-    """normal(0, INIT_STD) weights, drawn in float32."""
+    """``shape`` weights drawn from normal(0, INIT_STD) in float32, cast to ``dtype``."""
     return (INIT_STD * jax.random.normal(rngs.params(), shape, jnp.float32)).astype(dtype)
 
 
@@ -33,6 +33,7 @@ class Linear(nnx.Module):
         self.bias = nnx.Param(jnp.zeros((d_out,), dtype)) if bias else None
 
     def __call__(self, x: jax.Array) -> jax.Array:
+        """``x [..., in]`` -> ``[..., out]``."""
         y = jnp.einsum("...i,oi->...o", x, self.weight[...])
         return y if self.bias is None else y + self.bias[...]
 
@@ -44,6 +45,7 @@ class Embedding(nnx.Module):
         self.weight = nnx.Param(normal_init(rngs, (num, dim), dtype))
 
     def __call__(self, ids: jax.Array) -> jax.Array:
+        """``ids [...]`` -> ``[..., dim]``."""
         return jnp.take(self.weight[...], ids, axis=0)
 
 
@@ -55,6 +57,7 @@ class RMSNorm(nnx.Module):
         self.eps = eps
 
     def __call__(self, x: jax.Array) -> jax.Array:
+        """``x [..., dim]`` -> the same shape and dtype."""
         h = x.astype(jnp.float32)
         h = h * jax.lax.rsqrt(jnp.mean(h * h, axis=-1, keepdims=True) + self.eps)
         return self.weight[...] * h.astype(x.dtype)
@@ -69,6 +72,7 @@ class LayerNorm(nnx.Module):
         self.eps = eps
 
     def __call__(self, x: jax.Array) -> jax.Array:
+        """``x [..., dim]`` -> the same shape and dtype."""
         h = x.astype(jnp.float32)
         mean = jnp.mean(h, axis=-1, keepdims=True)
         var = jnp.mean(jnp.square(h - mean), axis=-1, keepdims=True)
@@ -96,11 +100,15 @@ def scan(
     start: int = 0,
     stop: int | None = None,
 ):
-    """Run ``body(layer, carry, x) -> (carry, y)`` over the stacked ``layers[start:stop]``.
+    """Run ``body`` over the stacked ``layers[start:stop]`` in one ``jax.lax.scan``.
 
-    ``layer`` is one layer's module (its parameters sliced out of the stack); ``xs`` is a
-    pytree with a leading axis of ``stop - start``. Returns ``(carry, ys)`` like
-    ``jax.lax.scan``.
+    Args:
+        layers: a module made by ``stack``, parameters ``[n, ...]``.
+        body: ``body(layer, carry, x) -> (carry, y)``; ``layer`` is one layer's module (its
+            parameters sliced out of the stack).
+        xs: a pytree with a leading axis of ``stop - start``, or ``None``.
+    Returns:
+        ``(carry, ys)`` as ``jax.lax.scan``: ``ys`` has a leading axis of ``stop - start``.
     """
     graphdef, state = nnx.split(layers)
     state = jax.tree.map(lambda a: a[start:stop], state)

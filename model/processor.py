@@ -95,8 +95,12 @@ class Processor:
     def prepare(self, prompt: str, images: list[PIL.Image.Image] = ()) -> dict:
         """One user turn (images, then ``prompt``) plus the assistant prefix, ready for the model.
 
-        Returns ``input_ids`` int32 ``[1, T]``, ``pixel_values`` float32 ``[N, D]`` and
-        ``image_grid_thw`` int64 ``[n_images, 3]`` (both None without images).
+        Raises ``ProcessorError`` for a prompt holding a special token or an unusable image.
+
+        Returns:
+            by name: ``input_ids`` int32 ``[1, T]``, ``pixel_values`` float32
+            ``[N, C * temporal_patch * P * P]`` and ``image_grid_thw`` int64
+            ``[n_images, 3]`` (both ``None`` without images).
         """
         for token in (IMAGE_TOKEN, VISION_START_TOKEN, VISION_END_TOKEN):
             if token in prompt:
@@ -142,13 +146,14 @@ class Processor:
         return "".join(out)
 
     def decode(self, ids) -> str:
-        """Text of ``ids`` without special tokens."""
+        """Text of ``ids`` (any shape, read in order) without special tokens."""
         return self.tokenizer.decode(np.asarray(ids).ravel().tolist(), skip_special_tokens=True)
 
     def token_texts(self, ids) -> tuple[str, ...]:
-        """Display text of each token, special tokens included (``'<|im_end|>'``). Memoised
-        by id for the processor's lifetime: a rollout asks for every sampled token and its
-        alternatives, and a tokenizer call per token is slow."""
+        """Display text of each token of ``ids`` (any shape, read in order), special tokens
+        included (``'<|im_end|>'``). Memoised by id for the processor's lifetime: a rollout
+        asks for every sampled token and its alternatives, and a tokenizer call per token is
+        slow."""
         ids = np.asarray(ids).ravel().tolist()
         try:
             return tuple(map(self._texts.__getitem__, ids))

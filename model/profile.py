@@ -102,9 +102,16 @@ def profile_step(
     sampling: SamplingParams = GREEDY,
     repeats: int = 20,
 ) -> StepProfile:
-    """Median time of each decode-step stage of ``m`` at ``(batch, capacity)``, in ms.
+    """Median time in ms of each decode-step stage of ``m`` (``StepProfile.STAGES``).
 
-    Measured once per model graph, shapes and sampling mode, then remembered.
+    Measured once per model graph, shapes and sampling mode (greedy or not), then
+    remembered.
+
+    Args:
+        batch, capacity: the step's shapes: rows, and main cache slots per row.
+        cache_len: the cache length the profile reports; the stages are timed with the
+            cache half full.
+        repeats: timed runs per stage, after a warm-up run.
     """
     graph, weights = split(m)
     key = (graph, batch, capacity, sampling.temperature > 0)

@@ -77,6 +77,7 @@ class LastValues:
         self.clear()
 
     def clear(self) -> None:
+        """Forget every event kept."""
         self.run: tuple[int, tm.RunInfo] | None = None
         self.prefill: tuple[int, tm.PrefillEvent] | None = None
         self.chunks: collections.deque[tuple[int, tm.DecodeChunk]] = collections.deque()
@@ -89,6 +90,7 @@ class LastValues:
         self.latest: dict[str, tuple[int, tm.Event]] = {}  # any other kind: its last event
 
     def add(self, seq: int, event: tm.Event) -> None:
+        """Keep ``event``, emitted as number ``seq``, and drop what it makes stale."""
         match event:
             case tm.RunInfo():
                 if self.run is None or self.run[1] != event:  # a new run: the rest is gone
@@ -182,12 +184,15 @@ class _AllowedKeys:
 
 class Publisher:
     """A sink publishing every event to attached viewers; ``control`` is what they steer.
+    Raises ``endpoint.AddressError``.
 
-    ``address``: ``model.endpoint`` (default: ``endpoint.default_address()``). A non-loopback
-    address needs ``allow_remote``, which also makes viewers authenticate with the CURVE
-    keys in ``keys`` (a directory, see ``endpoint.server_keys``). ``source`` (what runs) and
-    ``recorded`` (the events are a recording: the selection cannot reach a device) are
-    shown by the viewers. Raises ``endpoint.AddressError``.
+    Args:
+        address: where to bind (``model.endpoint``); default ``endpoint.default_address()``.
+        control: the ``RolloutControl`` the viewers steer (a new one by default).
+        allow_remote: needed for a non-loopback address; viewers then authenticate with the
+            CURVE keys in ``keys``, a directory (``endpoint.server_keys``).
+        source, recorded: shown by the viewers: what runs, and whether the events are a
+            recording (the selection cannot reach a device).
     """
 
     def __init__(
@@ -262,6 +267,7 @@ class Publisher:
                 self._sent += 1
 
     def counts(self) -> Counts:
+        """The counters so far."""
         return Counts(self._seq, self._sent, len(self._viewers), self._bad_requests)
 
     def banner(self) -> str:

@@ -60,11 +60,13 @@ class Qwen3VL(nnx.Module):
         return self.lm_head(h).astype(jnp.float32)
 
     def logits(self, input_ids, pixel_values=None, image_grid_thw=None) -> np.ndarray:
-        """Float32 logits ``[B, T, vocab]`` of ``input_ids [B, T]``.
+        """Float32 logits ``[B, T, vocab]`` of the full forward of a batch of prompts.
 
-        ``pixel_values [N, C*Tp*P*P]`` and ``image_grid_thw [n_images, 3]`` are in
-        transformers' processor format; the prompt holds ``prod(grid) / merge**2``
-        ``<|image_pad|>`` tokens per image.
+        Args:
+            input_ids: ``[B, T]``; the prompt holds ``prod(grid) / merge**2``
+                ``<|image_pad|>`` tokens per image.
+            pixel_values, image_grid_thw: ``[N, C*Tp*P*P]`` and ``[n_images, 3]`` in
+                transformers' processor format, or ``None`` for text only.
         """
         prompt = prepare_prompt(self.config, input_ids, pixel_values, image_grid_thw)
         graph, params = split(self)
@@ -138,9 +140,12 @@ class Prompt:
 
 
 def prepare_prompt(config: Qwen3VLConfig, input_ids, pixel_values=None, image_grid_thw=None):
-    """Check a batch of prompts against ``config`` and return a ``Prompt``.
+    """Check a batch of prompts against ``config`` and return its ``Prompt``; raises
+    ``ValueError`` (one line) for inputs that do not fit the model.
 
-    Raises ``ValueError`` (one line) for inputs that do not fit the model.
+    Args:
+        input_ids: ``[B, T]`` integers (``[T]``: one row).
+        pixel_values, image_grid_thw: as in ``Qwen3VL.logits``.
     """
     ids = np.asarray(input_ids)
     if ids.ndim == 1:
@@ -183,9 +188,15 @@ def prepare_prompt(config: Qwen3VLConfig, input_ids, pixel_values=None, image_gr
 
 
 def encode(graph: Graph, params, prompt: Prompt):
-    """Run the vision tower and embed ``prompt``: returns the decoder input ``[B, T, D]``,
-    DeepStack features ``[k, B, T, D]`` (zero off image tokens; ``None`` for text only) and
-    ``norms [2]``: mean L2 norm of the merged image tokens and of the text token embeddings."""
+    """Run the vision tower and embed ``prompt``.
+
+    Args:
+        graph, params: the model, as ``split`` gives it.
+    Returns:
+        the decoder input ``[B, T, D]``, the DeepStack features ``[k, B, T, D]`` (zero off
+        image tokens; ``None`` for text only) and ``norms [2]``: the mean L2 norm of the
+        merged image tokens (0 without images) and of the text token embeddings.
+    """
     if prompt.pixels is None:
         return _embed_text(graph, params, prompt.input_ids, prompt.image_mask)
     b_idx, t_idx = np.nonzero(prompt.image_mask)
@@ -231,9 +242,11 @@ def _embed_with_images(graph, params, input_ids, image_mask, pixels, vision, b_i
 
 
 def build(config: Qwen3VLConfig, dtype, value_of) -> Qwen3VL:
-    """A ``Qwen3VL`` whose parameters are ``value_of(path, shape, dtype)`` (numpy arrays).
+    """A ``Qwen3VL`` built abstractly (no initialisation compiled or run), then filled.
 
-    Builds the module abstractly (no initialisation compiled or run), then fills it.
+    Args:
+        value_of: ``value_of(path, shape, dtype)``, the array of the parameter at ``path``
+            (its ``nnx`` flat-state path), of that shape (numpy, or already on a device).
     """
     abstract = nnx.eval_shape(lambda: Qwen3VL(config, dtype=dtype, rngs=nnx.Rngs(0)))
     graphdef, state = nnx.split(abstract)

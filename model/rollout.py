@@ -116,13 +116,23 @@ def sample_watched(
     num_samples: int = 1,
     target_cells: np.ndarray | None = None,
 ) -> Generation:
-    """Decode ``num_samples`` answers to one prepared prompt (``processor.prepare``
-    output), publishing the watched sample's telemetry: ``PhaseEvent`` prefill start and end,
-    ``PrefillEvent``, ``PhaseEvent`` decode start, one ``DecodeChunk`` per chunk of the
-    watched sample's tokens (``control.selection[0]``), ``PhaseEvent`` decode end; and a
-    ``compile`` phase before the prefill or a chunk whose programs compiled. ``target_cells``
-    (``[m, 2]``: merged cells of what the question asks about, when a task knows them) go
-    with the first image to the viewer (``ImageInfo.target_cells``)."""
+    """Decode ``num_samples`` answers to one prepared prompt, publishing the watched
+    sample's telemetry: ``PhaseEvent`` prefill start and end, ``PrefillEvent``,
+    ``PhaseEvent`` decode start, one ``DecodeChunk`` per chunk of the watched sample's
+    tokens (``control.selection[0]``), ``PhaseEvent`` decode end; and a ``compile`` phase
+    before the prefill or a chunk whose programs compiled.
+
+    Args:
+        inputs: ``processor.prepare``'s output, ``input_ids [1, T]``.
+        image: the prompt's image (its thumbnail goes to the viewer), or ``None``.
+        capacity: cache slots per row.
+        target_cells: ``[m, 2]`` the merged cells of what the question asks about, when a
+            task knows them; they go with the first image to the viewer
+            (``ImageInfo.target_cells``).
+    Returns:
+        the ``Generation`` (``model.decode``), whose ``tokens [num_samples, n]`` and
+        ``lengths [num_samples]`` are the answers.
+    """
     cfg = m.config
     ids = inputs["input_ids"]
     texts = processor.token_texts
@@ -205,11 +215,13 @@ class CompilePhase:
         self.since: float | None = None  # compile seconds at its start, while active
 
     def start(self) -> None:
+        """Start the phase, unless it is active (``compile_clock.watch``'s callback)."""
         if self.since is None:
             self.since = compile_clock.seconds()
             self.sink.emit(tm.PhaseEvent(phase="compile", active=True))
 
     def close(self) -> None:
+        """End the phase, if active, with the milliseconds spent compiling since its start."""
         if self.since is not None:
             ms = 1e3 * (compile_clock.seconds() - self.since)
             self.since = None
@@ -244,11 +256,18 @@ def run_inference(
     model_name: str | None = None,
     random_init: bool = False,
 ) -> np.ndarray:
-    """Answer ``prompt`` (about ``image``) with ``m``, publishing telemetry to ``sink``.
+    """Answer ``prompt`` (about ``image``) with ``m``, publishing telemetry to ``sink``
+    (module docstring).
 
-    ``processor`` is a ``model.processor.Processor`` of the same checkpoint. ``seed``
-    defaults to ``sampling["seed"]`` when ``sampling`` is a mapping holding one, else 0.
-    Returns the new token ids ``[n]`` (up to and including EOS).
+    Args:
+        processor: a ``model.processor.Processor`` of the same checkpoint.
+        sampling: ``SamplingParams``, or a mapping of its fields (``sampling_params``).
+        capacity: cache slots; by default the prompt plus ``max_new_tokens``, rounded up
+            (``default_capacity``).
+        seed: defaults to ``sampling["seed"]`` when ``sampling`` is a mapping holding one,
+            else 0.
+    Returns:
+        the new token ids ``[n]`` (up to and including EOS).
     """
     params = sampling_params(sampling)
     if seed is None:

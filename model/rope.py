@@ -38,7 +38,15 @@ def mrope_axis(mrope_section: tuple[int, int, int], head_dim: int) -> np.ndarray
 def text_cos_sin(
     positions: jax.Array, freqs: np.ndarray, axis: np.ndarray
 ) -> tuple[jax.Array, jax.Array]:
-    """``positions [3, B, T]`` -> ``cos, sin [B, T, head_dim]`` float32."""
+    """The text decoder's mRoPE ``cos, sin``.
+
+    Args:
+        positions: ``[3, B, T]`` (t, h, w) of each token.
+        freqs: ``[head_dim / 2]`` inverse frequencies (``inv_freq``).
+        axis: ``[head_dim / 2]`` the position axis of each frequency (``mrope_axis``).
+    Returns:
+        ``cos, sin [B, T, head_dim]`` float32.
+    """
     angles = positions[..., None].astype(jnp.float32) * jnp.asarray(freqs)  # [3, B, T, hd/2]
     angles = jnp.take_along_axis(angles, jnp.asarray(axis)[None, None, None, :], axis=0)[0]
     angles = jnp.concatenate([angles, angles], axis=-1)
@@ -60,7 +68,8 @@ def _rotate_half(x: jax.Array) -> jax.Array:
 
 
 def apply_rotary(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
-    """Rotate ``x [..., T, heads, head_dim]`` by ``cos, sin [..., T, head_dim]`` (float32)."""
+    """Rotate ``x [..., T, heads, head_dim]`` by ``cos, sin [..., T, head_dim]`` (float32);
+    returns ``x``'s shape and dtype."""
     cos, sin = cos[..., None, :], sin[..., None, :]
     y = x.astype(jnp.float32) * cos + _rotate_half(x.astype(jnp.float32)) * sin
     return y.astype(x.dtype)
@@ -75,13 +84,18 @@ def get_rope_index(
 ) -> tuple[np.ndarray, np.ndarray]:
     """The mRoPE positions of a prompt, as transformers' ``Qwen3VLModel.get_rope_index``.
 
-    ``input_ids [B, T]``; ``image_grid_thw [n_images, 3]`` for all images of all rows, in
-    order. A run of text continues counting from the previous position; an image starting
-    at position ``s`` takes ``(s + t, s + row, s + col)`` over its merged grid and the text
-    after it resumes at ``s + max(rows, cols)``.
+    A run of text continues counting from the previous position; an image starting at
+    position ``s`` takes ``(s + t, s + row, s + col)`` over its merged grid and the text
+    after it resumes at ``s + max(rows, cols)``. Raises ``ValueError`` when the runs of
+    image tokens do not match the grids.
 
-    Returns ``positions [3, B, T]`` int32 and ``deltas [B]`` int32, where the token at cache
-    index ``i >= T`` (a generated one) has position ``i + deltas[b]`` on all three axes.
+    Args:
+        input_ids: ``[B, T]``.
+        image_grid_thw: ``[n_images, 3]`` the patch grids of all images of all rows, in
+            order, or ``None``.
+    Returns:
+        ``positions [3, B, T]`` int32 and ``deltas [B]`` int32: the token at cache index
+        ``i >= T`` (a generated one) has position ``i + deltas[b]`` on all three axes.
     """
     input_ids = np.asarray(input_ids)
     batch, length = input_ids.shape
@@ -122,7 +136,8 @@ def get_rope_index(
 
 
 def vision_rows_cols(image_grid_thw: np.ndarray, spatial_merge_size: int) -> np.ndarray:
-    """``[N, 2]`` int32 (row, col) of every patch, in the processor's patch order.
+    """``[N, 2]`` int32 (row, col) of every patch of the images ``image_grid_thw [n, 3]``,
+    in the processor's patch order.
 
     The processor emits patches block by block: each ``m x m`` merge block's patches are
     consecutive (so the merger can concatenate them), frames one after another.

@@ -29,9 +29,11 @@ class SamplingParams:
             raise ValueError("need temperature >= 0, top_k >= 0 and 0 < top_p <= 1")
 
     def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(temperature, top_k, top_p)`` as numpy scalars: ``sample``'s traced ``params``."""
         return np.float32(self.temperature), np.int32(self.top_k), np.float32(self.top_p)
 
     def as_dict(self) -> dict[str, float]:
+        """The fields by name (``RunInfo.sampling``)."""
         return dataclasses.asdict(self)
 
 
@@ -51,10 +53,15 @@ def _filter(scaled: jax.Array, top_k: jax.Array, top_p: jax.Array) -> jax.Array:
 
 
 def sample(key, logits: jax.Array, params) -> tuple[jax.Array, jax.Array]:
-    """Draw one token per row of ``logits [B, V]``.
+    """Draw one token per row of the logits.
 
-    Returns ``tokens [B]`` int32 and the log-probabilities ``[B, V]`` of the sampling
-    distribution (see the module docstring).
+    Args:
+        key: the PRNG key (unused when greedy).
+        logits: ``[B, V]``.
+        params: ``(temperature, top_k, top_p)``, as ``SamplingParams.arrays`` gives them.
+    Returns:
+        ``tokens [B]`` int32 and the log-probabilities ``[B, V]`` float32 of the sampling
+        distribution (see the module docstring).
     """
     temperature, top_k, top_p = params
     logits = logits.astype(jnp.float32)
@@ -74,7 +81,7 @@ def sample(key, logits: jax.Array, params) -> tuple[jax.Array, jax.Array]:
 
 
 def top_alternatives(logp: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """The ``TOP_ALTERNATIVES`` most likely ids ``[..., k]`` int32 and their probabilities,
-    of the log-probabilities ``logp [..., V]``."""
+    """The ``TOP_ALTERNATIVES`` (``k``) most likely ids ``[..., k]`` int32 and their
+    probabilities ``[..., k]``, of the log-probabilities ``logp [..., V]``."""
     values, ids = jax.lax.top_k(logp, TOP_ALTERNATIVES)
     return ids.astype(jnp.int32), jnp.exp(values)

@@ -160,6 +160,7 @@ class DecodeChunk:
 
     @property
     def last_step(self) -> int:
+        """Step of the last token."""
         return self.first + len(self) - 1
 
     @property
@@ -389,9 +390,11 @@ class RolloutControl:
         return self._stopped
 
     def select(self, sample: int, layer: int, head: int) -> None:
+        """Watch ``(sample, layer, head)``: the rollout reads it before each chunk of steps."""
         self.selection = (sample, layer, head)  # one tuple store: atomic for readers
 
     def set_paused(self, paused: bool) -> None:
+        """Pause the rollout at its next ``gate``, or let a waiting one go on."""
         with self._cond:
             self._paused = paused
             self._cond.notify_all()
@@ -403,6 +406,7 @@ class RolloutControl:
             self._cond.notify_all()
 
     def stop(self) -> None:
+        """End the rollout: ``gate`` returns False and ``next_prompt`` ``None`` from now on."""
         with self._cond:
             self._stopped = True
             self._cond.notify_all()

@@ -56,8 +56,11 @@ class Attention(nnx.Module):
         self, x: jax.Array, cos: jax.Array, sin: jax.Array
     ) -> tuple[jax.Array, jax.Array, jax.Array]:
         """``project``, then q and k rotated by ``cos, sin [B, T, head_dim]`` (mRoPE).
-        Returns ``q [B, T, Hq, hd]`` and, heads-major as the KV cache stores them,
-        ``k, v [B, Hkv, T, hd]``."""
+
+        Returns:
+            ``q [B, T, Hq, hd]`` and, heads-major as the KV cache stores them,
+            ``k, v [B, Hkv, T, hd]``.
+        """
         q, k, v = self.project(x)
         k = apply_rotary(k, cos, sin)
         return apply_rotary(q, cos, sin), jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2)
@@ -71,6 +74,7 @@ class MLP(nnx.Module):
         self.down_proj = layers.Linear(f, d, bias=False, dtype=dtype, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
+        """SwiGLU: ``x [..., D]`` -> ``[..., D]``."""
         return self.down_proj(jax.nn.silu(self.gate_proj(x)) * self.up_proj(x))
 
 
@@ -87,15 +91,22 @@ class DecoderLayer(nnx.Module):
         return self.self_attn.qkv(self.input_layernorm(x), cos, sin)
 
     def finish(self, x: jax.Array, attn_out: jax.Array) -> jax.Array:
-        """Residual stream after this layer, given ``attn_out [B, T, Hq, hd]``."""
+        """The residual stream ``x [B, T, D]`` after this layer, given its attention's
+        output ``attn_out [B, T, Hq, hd]``."""
         b, t = attn_out.shape[:2]
         x = x + self.self_attn.o_proj(attn_out.reshape(b, t, -1))
         return x + self.mlp(self.post_attention_layernorm(x))
 
     def __call__(self, x, cos, sin, observe=None, observed=None):
-        """Full-sequence causal layer: returns ``x [B, T, D]``, ``k, v [B, Hkv, T, hd]`` and
-        ``observed`` folded over the attention weights by ``observe`` (see
-        ``model.attention.causal_attention``)."""
+        """Full-sequence causal layer over the residual stream ``x [B, T, D]``.
+
+        Args:
+            cos, sin: ``[B, T, head_dim]`` its mRoPE.
+            observe, observed: fold the attention weights, as in
+                ``model.attention.causal_attention``.
+        Returns:
+            ``x [B, T, D]``, ``k, v [B, Hkv, T, hd]`` and the final ``observed``.
+        """
         q, k, v = self.qkv(x, cos, sin)
         out, observed = causal_attention(q, k, v, observe, observed)
         return self.finish(x, out), k, v, observed

@@ -35,6 +35,7 @@ class PatchConv(nnx.Module):
         self.bias = nnx.Param(jnp.zeros((d,), dtype))
 
     def __call__(self, x: jax.Array) -> jax.Array:
+        """``x [N, C*Tp*P*P]`` flattened patches -> ``[N, D]``."""
         w = self.weight[...]
         return jnp.einsum("ni,oi->no", x, w.reshape(w.shape[0], -1)) + self.bias[...]
 
@@ -44,6 +45,7 @@ class PatchEmbed(nnx.Module):
         self.proj = PatchConv(cfg, dtype=dtype, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
+        """``x [N, C*Tp*P*P]`` flattened patches -> ``[N, D]``."""
         return self.proj(x)
 
 
@@ -55,7 +57,8 @@ class VisionAttention(nnx.Module):
         self.proj = layers.Linear(d, d, bias=True, dtype=dtype, rngs=rngs)
 
     def __call__(self, x, cos, sin, mask):
-        """``x [N, D]``, ``cos, sin [N, hd]``, ``mask [N, N]`` -> ``[N, D]``."""
+        """Self-attention of the patches with 2D rotary: ``x [N, D]``, ``cos, sin [N, hd]``,
+        ``mask [N, N]`` (True where a patch may attend) -> ``[N, D]``."""
         n = x.shape[0]
         q, k, v = jnp.moveaxis(self.qkv(x).reshape(n, 3, self.num_heads, -1), 1, 0)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
@@ -71,6 +74,7 @@ class VisionMLP(nnx.Module):
         self.linear_fc2 = layers.Linear(f, d, bias=True, dtype=dtype, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
+        """``x [..., D]`` -> ``[..., D]``."""
         return self.linear_fc2(jax.nn.gelu(self.linear_fc1(x), approximate=True))
 
 
@@ -82,6 +86,7 @@ class VisionBlock(nnx.Module):
         self.mlp = VisionMLP(cfg, dtype=dtype, rngs=rngs)
 
     def __call__(self, x, cos, sin, mask):
+        """``x [N, D]`` -> ``[N, D]``; ``cos, sin, mask`` as in ``VisionAttention``."""
         x = x + self.attn(self.norm1(x), cos, sin, mask)
         return x + self.mlp(self.norm2(x))
 
@@ -111,13 +116,16 @@ class PatchMerger(nnx.Module):
 
 
 def grid_inputs(image_grid_thw: np.ndarray, cfg: VisionConfig) -> dict[str, np.ndarray]:
-    """Host-side arrays the tower needs for images of ``image_grid_thw [n, 3]``.
+    """Host-side arrays the tower needs for the images of ``image_grid_thw [n, 3]``, ``N``
+    patches in all.
 
-    ``pos_index, pos_weight [N, 4]``: the 4 taps of the learned ``side x side`` position
-    table bilinearly resampled (align_corners) to each image's ``h x w`` grid, as
-    transformers' ``get_vision_interpolation_indices_and_weights``; ``rows_cols [N, 2]`` for
-    the rotary; ``frame [N]`` int32, the frame each patch belongs to (attention stays inside
-    a frame, transformers' ``cu_seqlens``).
+    Returns:
+        by name: ``pos_index [N, 4]`` int32 and ``pos_weight [N, 4]`` float32, the 4 taps of
+        the learned ``side x side`` position table bilinearly resampled (align_corners) to
+        each image's ``h x w`` grid, as transformers'
+        ``get_vision_interpolation_indices_and_weights``; ``rows_cols [N, 2]`` int32 for
+        the rotary; ``frame [N]`` int32, the frame each patch belongs to (attention stays
+        inside a frame, transformers' ``cu_seqlens``).
     """
     side = int(cfg.num_position_embeddings**0.5)
     grids = np.asarray(image_grid_thw, np.int64).reshape(-1, 3)
@@ -162,9 +170,15 @@ class VisionTower(nnx.Module):
         self.depth = cfg.depth
 
     def __call__(self, pixels, pos_index, pos_weight, rows_cols, frame):
-        """``pixels [N, C*Tp*P*P]`` plus ``grid_inputs`` -> merged image tokens
-        ``[N / m^2, out]`` and deepstack features ``[k, N / m^2, out]`` (``None`` if k = 0),
-        in block order."""
+        """The merged image tokens of the patches and their DeepStack features.
+
+        Args:
+            pixels: ``[N, C*Tp*P*P]`` the patches, in the processor's order.
+            pos_index, pos_weight, rows_cols, frame: the images' ``grid_inputs``.
+        Returns:
+            the merged tokens ``[N / m^2, out]`` and the DeepStack features
+            ``[k, N / m^2, out]`` in block order (``None`` if ``k = 0``).
+        """
         x = self.patch_embed(pixels.astype(self.pos_embed.weight[...].dtype))
         pos = (self.pos_embed(pos_index) * pos_weight[..., None].astype(x.dtype)).sum(1)
         x = x + pos

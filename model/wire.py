@@ -53,6 +53,7 @@ class VersionMismatch(WireError):
 
 
 def header(version: int | None = None) -> bytes:
+    """A message's first frame: ``MAGIC`` and ``version`` (default ``PROTOCOL``)."""
     return MAGIC + struct.pack(">H", PROTOCOL if version is None else version)
 
 
@@ -63,6 +64,7 @@ def encode(body: Any) -> list[bytes]:
 
 
 def encode_event(producer: int, seq: int, event: tm.Event) -> list[bytes]:
+    """The frames of an event message, ``[producer, seq, kind, fields]``."""
     return encode([producer, seq, event.kind, event])
 
 
@@ -142,4 +144,5 @@ def event(kind: str, fields: Any) -> tm.Event:
 
 
 def is_int(x: Any) -> bool:
+    """Whether ``x`` is an int and not a bool."""
     return isinstance(x, int) and not isinstance(x, bool)
