@@ -134,9 +134,10 @@ def compile_chunk(config, mesh) -> str:
 
 
 def collectives(hlo: str) -> dict[str, list[tuple[str, str, str]]]:
-    """``{"step": [...], "chunk": [...]}``: the collectives (kind, result shape, the JAX
-    operation it came from) inside the decode loop's body and in the rest of the program;
-    those of a ``lax.cond`` / ``lax.switch`` branch run only when it is taken."""
+    """The collectives (kind, result shape, the JAX operation it came from) of a decode
+    chunk's program: ``step``, those a greedy decode step runs (the loop's body and condition,
+    the greedy branch of the sampling); ``filter``, those only top-k / top-p sampling adds;
+    ``chunk``, the rest, run once per chunk (a ``lax.switch`` branch only when taken)."""
     computations, current = {}, None
     for line in hlo.splitlines():
         header = re.match(r"^(?:ENTRY )?%?([\w.\-]+) .*\{$", line)
@@ -166,17 +167,29 @@ def collectives(hlo: str) -> dict[str, list[tuple[str, str, str]]]:
                             found += reached(callee, seen)
         return found
 
-    bodies = [
-        re.search(r"body=%?([\w.\-]+)", inst)[1]
+    loops = [
+        (re.search(r"body=%?([\w.\-]+)", inst)[1], re.search(r"condition=%?([\w.\-]+)", inst)[1])
         for insts in computations.values()
         for inst in insts
         if " while(" in inst
     ]
-    step = max((reached(b, set()) for b in bodies), key=len, default=[])
+    body, condition = max(loops, key=lambda loop: len(reached(loop[0], set())))
+    loop = reached(body, set()) + reached(condition, set())
     entry = re.search(r"^ENTRY %?([\w.\-]+)", hlo, re.M)[1]
-    everything = reached(entry, set())
-    rest = list((collections.Counter(everything) - collections.Counter(step)).elements())
-    return {"step": step, "chunk": rest}
+    rest = collections.Counter(reached(entry, set())) - collections.Counter(loop)
+
+    def sampling(op: str) -> str:  # sample(): lax.cond(temperature > 0, draw, greedy)
+        if not op.startswith("cond/"):
+            return "always"
+        if op.startswith("cond/branch_0_fun/"):
+            return "greedy"
+        return "filter" if "cond/branch_1_fun/cond/" in op else "draw"
+
+    return {
+        "step": [c for c in loop if sampling(c[2]) in ("always", "greedy")],
+        "filter": [c for c in loop if sampling(c[2]) == "filter"],
+        "chunk": list(rest.elements()),
+    }
 
 
 def shape_bytes(shape: str) -> int:
@@ -222,6 +235,7 @@ def main() -> int:
                 "step_collectives": summary(found["step"]),
                 "step_collective_count": len(found["step"]),
                 "step_collective_bytes": step_bytes,
+                "top_k_top_p_adds": summary(found["filter"]),
                 "chunk_collectives": summary(found["chunk"]),
                 "floor_ms": floor_ms,
                 "with_collectives_ms": with_collectives_ms,
