@@ -7,8 +7,9 @@ A directory holds ``config.json`` and one ``model.safetensors`` or several shard
 Our parameters carry the same names and shapes; only the vision tower's blocks are stacked
 ``[depth, ...]`` (``visual.blocks``).
 
-Loading streams: every parameter is read from the memory-mapped files into its final
-array, one at a time, so the host holds at most one tensor besides the model. Each array
+Loading streams: every parameter is read from the files (positioned reads, no memory map:
+``model.safetensors_file``) into its final array, one at a time, so the host holds at most
+one tensor besides the model. Each array
 is placed by ``place(path, shape, dtype, read)`` (one device by default; ``read(index)``
 reads any slice of it, so a sharded placement reads only each device's part:
 ``model.sharding.placement``). Every failure raises
@@ -28,12 +29,12 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-import safetensors
 from flax import nnx
 from safetensors.numpy import save_file
 
 from model.config import ConfigError, Qwen3VLConfig
 from model.qwen3_vl import Qwen3VL, build
+from model.safetensors_file import FormatError, SafetensorsFile
 
 INDEX_FILE = "model.safetensors.index.json"
 STACKED = ("visual", "blocks")  # the parameters with a leading block axis
@@ -131,19 +132,13 @@ class _Tensor:
     dtype: str  # safetensors' spelling, e.g. "BF16"
 
 
-def _tensors(files: list[Path], handles: list) -> dict[str, _Tensor]:
+def _tensors(handles: list[SafetensorsFile]) -> dict[str, _Tensor]:
     """Every tensor of the checkpoint by canonical name, from the files' headers."""
-    tensors = {}
-    for i, (file, f) in enumerate(zip(files, handles, strict=True)):
-        try:
-            for name in f.keys():  # noqa: SIM118 - safe_open is not a mapping
-                info = f.get_slice(name)
-                tensors[_canonical(name)] = _Tensor(
-                    i, name, tuple(info.get_shape()), info.get_dtype()
-                )
-        except safetensors.SafetensorError as e:
-            raise CheckpointError(f"{file}: not a readable safetensors file ({e})") from None
-    return tensors
+    return {
+        _canonical(name): _Tensor(i, name, f.shape(name), f.dtype(name))
+        for i, f in enumerate(handles)
+        for name in f.names()
+    }
 
 
 def checkpoint_dtype(path) -> str:
@@ -159,16 +154,16 @@ def checkpoint_dtype(path) -> str:
     files = _tensor_files(path)
     with contextlib.ExitStack() as stack:
         handles = [_open(f, stack) for f in files]
-        for t in _tensors(files, handles).values():
+        for t in _tensors(handles).values():
             if t.dtype in _SAFETENSORS_DTYPES:
                 return _SAFETENSORS_DTYPES[t.dtype]
     raise CheckpointError(f"{path}: no floating-point tensor to take the dtype from")
 
 
-def _open(file: Path, stack: contextlib.ExitStack):
+def _open(file: Path, stack: contextlib.ExitStack) -> SafetensorsFile:
     try:
-        return stack.enter_context(safetensors.safe_open(file, framework="np"))
-    except safetensors.SafetensorError as e:
+        return stack.enter_context(SafetensorsFile(file))
+    except FormatError as e:
         raise CheckpointError(f"{file}: not a readable safetensors file ({e})") from None
     except OSError as e:
         raise CheckpointError(f"{file}: unreadable ({e})") from None
@@ -203,7 +198,7 @@ def load_pretrained(
     params = {key: var for key, var in nnx.to_flat_state(nnx.state(abstract))}
     with contextlib.ExitStack() as stack:
         handles = [_open(f, stack) for f in files]
-        tensors = _tensors(files, handles)
+        tensors = _tensors(handles)
         sources = {key: _sources(key, var.shape, tensors, files) for key, var in params.items()}
         reader = _Reader(handles, files, dtype)
         total = sum(math.prod(var.shape) for var in params.values()) * dtype.itemsize
@@ -261,7 +256,7 @@ class _Reader:
             else:
                 (t,) = tensors
                 raw = self._get(t, index)
-        except safetensors.SafetensorError as e:
+        except FormatError as e:
             file = self.files[tensors[0].file]
             raise CheckpointError(f"{file}: not a readable safetensors file ({e})") from None
         value = raw.astype(self.dtype, copy=False)
@@ -270,7 +265,7 @@ class _Reader:
         return value
 
     def _get(self, t: _Tensor, index: tuple[slice, ...]) -> np.ndarray:
-        return self.handles[t.file].get_slice(t.name)[index]
+        return self.handles[t.file].read(t.name, index)
 
 
 def save_pretrained(m: Qwen3VL, path) -> None:
