@@ -254,5 +254,7 @@ class SharedControl(RolloutControl):
             if code == END:
                 self._stopped = True
                 return None
+            if size == 0:
+                return ""
             payload = np.frombuffer(text.ljust(size, b"\0"), np.uint8)
             return bytes(_broadcast(payload)).decode(errors="replace")

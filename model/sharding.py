@@ -10,17 +10,19 @@ The mesh has two named axes, ``data`` x ``model``:
 - ``model`` splits every decoder layer Megatron-style: query heads (``q_proj`` rows,
   ``o_proj`` columns), KV heads, the MLP's intermediate dimension and the vocabulary
   (embedding and LM head rows). A decode step then all-reduces the residual stream twice
-  per layer (after ``o_proj`` and after ``down_proj``) and gathers the logits once.
+  per layer (after ``o_proj`` and after ``down_proj``), and the softmax and argmax reduce
+  over the split vocabulary.
 
 The table is ``RULES`` (logical axis -> mesh axis), ``PARAMETERS`` (each parameter's
-logical axes) and ``CACHE`` (the KV cache's); activations name their logical axes where
-the compiled programs pin them (``constrain``). A mesh axis that does not divide a
+logical axes), ``CACHE``, ``TELEMETRY`` and ``BATCH`` (the KV cache's, the decode's
+telemetry buffers' and a GRPO update's batch's); the compiled programs pin their
+activations by logical axes (``constrain``). A mesh axis that does not divide a
 dimension leaves it whole: that is how KV heads are replicated when there are fewer of them
 than devices on ``model`` (as MaxText and vLLM do); ``check`` refuses meshes that do not
 divide the query heads, the MLP or the vocabulary.
 
 The vision tower is replicated: it runs once per prompt, and at Qwen3-VL-8B's size (0.58 B
-parameters, 1.2 GB in bfloat16) a copy per device costs less than splitting its 27 blocks
+parameters, 1.15 GB in bfloat16) a copy per device costs less than splitting its 27 blocks
 would cost in collectives.
 
 Telemetry stays where the heads live: each decode step keeps the watched row's attention
@@ -319,7 +321,8 @@ def select(x: jax.Array, index, axis: int) -> jax.Array:
 
 def put(value, axes: tuple[str | None, ...], mesh: Mesh | None) -> jax.Array:
     """The host array ``value`` on ``mesh`` split by logical ``axes`` (every process holds
-    the whole ``value`` and places its devices' slices); as it is without a mesh."""
+    the whole ``value`` and places its devices' slices); on the default device without
+    a mesh."""
     if mesh is None:
         return jnp.asarray(value)
     value = np.asarray(value)

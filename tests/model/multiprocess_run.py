@@ -7,9 +7,9 @@
 
 On the mesh data=2, model=2 over both processes' devices (gloo between them) it runs:
 ``generate`` with telemetry, the watched selection moving at every chunk, process 0 pausing
-in the middle (a single step granted while paused); two GRPO steps; a ``generate`` that
-process 0 stops after its second chunk. Each process writes what it saw to
-``OUT.<process index>.npz``.
+in the middle (a single step granted while paused); two GRPO steps; process 0's next prompt;
+a ``generate`` that process 0 stops after its second chunk. Each process writes what it saw
+to ``OUT.<process index>.npz``.
 
 Where a run's chunks end depends on its clock, so the single process replays the
 selections of the two processes' run one step per chunk (``--selections``): then every
@@ -153,6 +153,9 @@ def main() -> int:
     out["params"] = np.concatenate(
         [sharding.fetch(x).ravel() for x in jax.tree.leaves(trainer.state)]
     )
+
+    local.submit_prompt("what colour is the circle?")  # process 0's reaches every process
+    out["prompt"] = np.array(control.next_prompt())
 
     stopped = []
 

@@ -161,9 +161,9 @@ def _free_port() -> int:
 
 
 def test_two_processes_equal_one(tmp_path):
-    """``generate`` with telemetry (the selection moving, a pause), two GRPO steps and a stop
-    by process 0, in two processes over gloo on a data=2, model=2 mesh; then one process on
-    one device replaying the same selections."""
+    """``generate`` with telemetry (the selection moving, a pause), two GRPO steps, a prompt
+    and a stop from process 0, in two processes over gloo on a data=2, model=2 mesh; then one
+    process on one device replaying the same selections."""
     two, one = tmp_path / "two", tmp_path / "one"
     address = f"127.0.0.1:{_free_port()}"
     processes = [
@@ -210,10 +210,32 @@ def test_two_processes_equal_one(tmp_path):
         np.testing.assert_array_equal(second[key], first[key], err_msg=key)  # the same run
         if key.startswith("stopped_"):
             continue  # where process 0 stopped depends on its clock
-        if first[key].dtype.kind in "iub":
+        if first[key].dtype.kind in "iubU":
             np.testing.assert_array_equal(alone[key], first[key], err_msg=key)
         else:
             np.testing.assert_allclose(alone[key], first[key], atol=2e-5, rtol=1e-4, err_msg=key)
     assert first["stopped_flag"] and 1 <= first["stopped_steps"] < 39  # stopped early, alike
     assert len(np.unique(first["decode_head"])) > 1  # the selection moved
     assert jax.device_count() == 1  # this process kept its one device
+
+
+def test_shared_control_obeys_process_0():
+    """In one process the broadcasts return process 0's own decisions: a paused gate asks
+    again until a single step is granted, the chunk's size and selection are agreed, a
+    prompt passes, a stop ends the next gate."""
+    import threading
+
+    from model import distributed
+    from model.telemetry import RolloutControl
+
+    local = RolloutControl(layer=1, head=2, sample=3)
+    control = distributed.SharedControl(local)
+    local.set_paused(True)
+    threading.Timer(3 * distributed.POLL, local.step_once).start()
+    assert control.gate() and control.paused and not control.stopped
+    count, selection = control.agree(5, np.array([3, 1, 2], np.int32))
+    assert count == 5 and selection.tolist() == [3, 1, 2]
+    local.submit_prompt("a prompt")
+    assert control.next_prompt() == "a prompt"
+    local.stop()
+    assert not control.gate() and control.stopped
