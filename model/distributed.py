@@ -10,8 +10,9 @@ what is dispatched, or when, is taken by process 0 and broadcast to the others
 - ``SharedControl.gate`` before each chunk: run, wait (paused), end the answer or stop.
   While process 0 is paused every process asks again every ``POLL`` seconds, so no process
   waits in a collective for longer than that, whatever process 0 waits for.
-- ``SharedControl.agree``: the chunk's number of steps (sized by process 0's clock) and
-  the watched ``(sample, layer, head)``.
+- ``agree`` (called by ``model.decode.generate`` before the prefill and each chunk): the
+  chunk's number of steps (sized by process 0's clock) and the watched
+  ``(sample, layer, head)``.
 - ``SharedControl.next_prompt``: the next prompt of a run that answers prompts.
 
 Process 0 owns the screen or the publisher and holds the viewer's ``RolloutControl``; the
@@ -157,6 +158,13 @@ def _broadcast(values: np.ndarray) -> np.ndarray:
     return np.asarray(multihost_utils.broadcast_one_to_all(values))
 
 
+def agree(count: int, selection) -> tuple[int, np.ndarray]:
+    """Process 0's ``count`` steps and ``selection`` for the next chunk (or the prefill),
+    the same on every process."""
+    state = _broadcast(np.array([count, *selection], np.int32))
+    return int(state[0]), state[1:].astype(np.int32)
+
+
 class _Waiter:
     """A blocking call of process 0's control, run in a thread so that the broadcasts go on
     while it waits: ``poll(timeout)`` returns ``(True, result)`` once it has returned."""
@@ -179,8 +187,8 @@ class SharedControl(RolloutControl):
     """The rollout's control in a run of several processes: process 0's ``local`` control
     (the viewer's), its decisions broadcast so that every process makes the same calls.
 
-    Every process must call ``gate``, ``agree`` and ``next_prompt`` in the same order (they
-    do: every process runs the same rollout). ``paused`` and ``stopped`` are the decisions
+    Every process must call ``gate`` and ``next_prompt`` in the same order (they do: every
+    process runs the same rollout). ``paused`` and ``stopped`` are the decisions
     so far, the same on every process; ``selection`` is the viewer's on process 0.
     """
 
@@ -229,13 +237,6 @@ class SharedControl(RolloutControl):
             self._paused, self._stopped, self._agreed = bool(paused), bool(stopped), selection
             if code != WAIT:
                 return code == RUN
-
-    def agree(self, count: int, selection) -> tuple[int, np.ndarray]:
-        """Process 0's ``count`` steps and ``selection`` for the next chunk (or the
-        prefill), the same on every process."""
-        state = _broadcast(np.array([count, *selection], np.int32))
-        self._agreed = tuple(int(x) for x in state[1:])
-        return int(state[0]), state[1:].astype(np.int32)
 
     def next_prompt(self) -> str | None:
         """Process 0's ``local.next_prompt()``, the same on every process (``None`` once

@@ -11,14 +11,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from model import compile_clock, sharding
+from model import compile_clock, distributed, sharding
 from model.decode import programs
 from model.decode.forward import CHUNK, MAP_SIZE
 from model.decode.programs import Stored
 from model.decode.schedule import Schedule, Tokens
 from model.decode.summaries import empty_store
 from model.decode.watch import TokenTexts, Watch
-from model.distributed import SharedControl, several
 from model.qwen3_vl import Prompt, Qwen3VL, encode, prepare_prompt, split
 from model.sampling import GREEDY, SamplingParams
 from model.telemetry import DecodeChunk, HeadStats, RolloutControl
@@ -161,7 +160,7 @@ def generate(
     def selection(count: int = 1) -> tuple[int, np.ndarray]:
         """The next chunk's steps and the watched selection, the same on every process."""
         sel = _clamp_selection(control.selection if control else (0, 0, 0), batch, m)
-        return control.agree(count, sel) if isinstance(control, SharedControl) else (count, sel)
+        return distributed.agree(count, sel) if distributed.several() else (count, sel)
 
     def deliver(first: int, sel: np.ndarray, results: tuple, seconds: float | None) -> int:
         """Keep a chunk's tokens and send its telemetry; returns the steps it ran."""
@@ -184,8 +183,6 @@ def generate(
     sharding.check_batch(batch, mesh)
     prefill = sharding.within(mesh, programs.prefill)
     decode_chunk = sharding.within(mesh, programs.decode_chunk)
-    if control is None and several():
-        control = SharedControl()  # every process still sizes its chunks alike
     start, compiled = time.perf_counter(), compile_clock.seconds()
     embeds, deepstack, norms = encode(graph, weights, prompt)
     prompt = _repeat_rows(prompt, num_samples)

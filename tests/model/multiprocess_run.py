@@ -146,7 +146,8 @@ def main() -> int:
     settings = GRPOSettings(group_size=SAMPLES, prompts_per_step=2, max_new_tokens=4)
     trainer = GRPOTrainer(m, processor, settings)
     for step in range(2):
-        result = trainer.step(task, step, seed=0, sink=tm.NullSink(), control=control)
+        # a sink that is not a NullSink: the watched group's telemetry path, as on a screen
+        result = trainer.step(task, step, seed=0, sink=distributed.HeadlessSink(), control=control)
         for key in ("loss", "kl", "entropy", "grad_norm", "reward_mean"):
             out[f"grpo{step}_{key}"] = np.float32(result.metrics[key])
         out[f"grpo{step}_rewards"] = result.rewards

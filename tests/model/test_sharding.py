@@ -233,7 +233,7 @@ def test_shared_control_obeys_process_0():
     local.set_paused(True)
     threading.Timer(3 * distributed.POLL, local.step_once).start()
     assert control.gate() and control.paused and not control.stopped
-    count, selection = control.agree(5, np.array([3, 1, 2], np.int32))
+    count, selection = distributed.agree(5, np.array([3, 1, 2], np.int32))
     assert count == 5 and selection.tolist() == [3, 1, 2]
     local.submit_prompt("a prompt")
     assert control.next_prompt() == "a prompt"
