@@ -3,7 +3,9 @@ failed, the footer, and the help / traceback overlays. Below ``MIN_SIZE`` it sho
 "enlarge the terminal" screen instead.
 
 Column layout (left | right), heights in rows, ``w`` = layers in the window, ``G`` = the
-group size; the group and train panels are left out of an inference run:
+group size; the group and train panels are left out of an inference run. The head detail
+gets 16 rows first (an 8 x 8 image grid unpooled), then the train panel all its metrics,
+then the token credit up to 10:
 
     decode live   (the rest)       | head detail   (the rest)
     group         6..G + 4         | vision        6
@@ -36,6 +38,7 @@ from dash.panels.vision_injection import VisionInjection
 MIN_SIZE = (100, 30)
 DECODE_MIN, FLOW_MIN, FLOW_MAX, ERROR_ROWS = 10, 5, 10, 4
 GROUP_MIN, CREDIT_MIN, TRAIN_MIN = 6, 4, 5
+DETAIL_WANT = 16  # head detail rows that show an 8 x 8 image grid unpooled
 
 
 def _stack(parts: list[tuple[urwid.Widget, int]], cols: int) -> urwid.Canvas:
@@ -120,11 +123,15 @@ class Dashboard(urwid.Widget):
             ],
             left_cols,
         )
-        credit = max(CREDIT_MIN, min(10, body // 7)) if rl else max(5, min(10, body // 4))
         vision = 5 + (len(view.prefill.images) if view.prefill else 1)
+        if rl:  # the head detail keeps DETAIL_WANT rows, the train panel comes next
+            train_rows = Train.rows_wanted(self.frame, right_cols)
+            rest = body - vision - 6 - DETAIL_WANT
+            credit = max(CREDIT_MIN, min(10, rest - train_rows))
+            train = max(TRAIN_MIN, min(train_rows, rest - credit))
+        else:
+            credit, train = max(5, min(10, body // 4)), 0
         fixed = vision + 6 + credit
-        train_rows = Train.rows_wanted(self.frame, right_cols)
-        train = max(TRAIN_MIN, min(train_rows, (body - fixed) // 2)) if rl else 0
         right = _stack(
             [
                 (self.detail, body - fixed - train),

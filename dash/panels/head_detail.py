@@ -99,8 +99,7 @@ def _image_block(frame, row, index, image, cols, rows) -> list[Row]:
     mass = float(grid.sum())
     targets = target_mask(image, grid.shape)
     gh, gw = grid.shape
-    captions = 1 if targets is None else 2
-    room_rows, room_cols = max(1, rows - captions), max(2, (cols - 4) // 2)
+    room_rows, room_cols = max(1, rows - 1), max(2, (cols - 4) // 2)
     factor = max(1, math.ceil(gh / room_rows), math.ceil(2 * gw / room_cols))
     on_target = None if targets is None else float(grid[targets].sum())
     grid = pool(grid, factor)
@@ -111,22 +110,13 @@ def _image_block(frame, row, index, image, cols, rows) -> list[Row]:
     peak = float(grid.max()) or 1.0
     caption = f"image {index} · merged {gh}×{gw}"
     caption += f" (pooled {factor}×{factor})" if factor > 1 else ""
-    lines: list[Row] = [
-        [
-            ("label", caption),
-            ("label", " · Σ weight "),
-            ("value", f"{mass:.3f}"),
-            ("dim", " · colour = weight / max"),
-        ]
-    ]
-    if on_target is not None:
+    head: Row = [("label", caption), ("label", " · Σ weight "), ("value", f"{mass:.3f}")]
+    if on_target is None:
+        head.append(("dim", " · colour = weight / max"))
+    else:  # the outlined cells: the shapes the question asks about (ground truth)
         share = on_target / mass if mass > 0 else float("nan")
-        lines.append(
-            [
-                ("label", "[ ] the shapes asked about (ground truth) · their share "),
-                ("value", f"{share:.2f}"),
-            ]
-        )
+        head += [("label", " · [ ] asked shapes "), ("value", f"{share:.2f}")]
+    lines: list[Row] = [head]
     out_rows, out_cols = grid.shape[0] * scale, grid.shape[1] * 2 * scale
     thumb = None
     if image.pixels is not None:

@@ -81,8 +81,10 @@ def run_sparkline(values: list[float], cols: int) -> str:
 
 
 def short(x: float | None) -> str:
-    """A value in three significant digits, or an em dash."""
-    return f"{x:.3g}" if state.finite(x) else "—"
+    """A value with three decimals (one from 10, none from 100), or an em dash."""
+    if not state.finite(x):
+        return "—"
+    return f"{x:.0f}" if abs(x) >= 100 else f"{x:.1f}" if abs(x) >= 10 else f"{x:.3f}"
 
 
 def progress(frame: state.Frame) -> Row:
@@ -124,7 +126,7 @@ def metric_lines(frame: state.Frame, cols: int) -> list[Row]:
     """The metrics of the last update, each with its sparkline, laid out in ``cols``: one
     line per group of metrics, wrapped when they do not fit."""
     view = frame.view
-    spark = 8 if cols >= 70 else 5
+    spark = 8 if cols >= 100 else 6 if cols >= 70 else 5
     lines: list[Row] = []
     for prefix, metrics in metric_groups(view.train):
         if not metrics:

@@ -7,7 +7,15 @@ on the answer tokens of train-split examples (image + question in the chat templ
 answer followed by ``<|im_end|>``; each scene is asked several questions in one batch,
 which taught position ("where") several times faster than one question per scene), then
 writes ``config.json`` and ``model.safetensors`` into ``DIR`` with ``save_pretrained`` and
-prints the eval accuracy per question type.
+prints the eval reward and accuracy per question type.
+
+The supervised answers are a mix, as labels gathered from several sources are: in
+``SENTENCE_SHARE`` of the rows the answer is said as a sentence (``it is red``, ``there are
+2``: ``model.tasks.questions.sentence``), in the others it is the bare answer the task's
+reward asks for. The model learns both forms and says the sentence more often, which the
+reward counts as malformed: this is what GRPO on the task then has to fix, and does within
+a few updates (bench/RESULTS.md). The eval reports the reward and, apart, the content of the
+answers whatever their form (``model.tasks.rewards.content_reward``).
 
 Seeded and reproducible: the initial weights come from ``seed``, the examples from
 ``Task("train", seed)``, and there is no other randomness.
@@ -16,6 +24,7 @@ Seeded and reproducible: the initial weights come from ``seed``, the examples fr
 from __future__ import annotations
 
 import argparse
+import random
 import sys
 import time
 from pathlib import Path
@@ -30,12 +39,14 @@ from model.config import Qwen3VLConfig, TextConfig, VisionConfig
 from model.processor import Processor, ProcessorError
 from model.qwen3_vl import init_random
 from model.rl import evaluate, policy
-from model.tasks import Task
+from model.tasks import Example, Task
+from model.tasks.questions import sentence
 
-DEFAULT_STEPS = 1500
+DEFAULT_STEPS = 1200
 IMAGES_PER_STEP = 16
 QUESTIONS_PER_IMAGE = 2  # rows per step: IMAGES_PER_STEP * QUESTIONS_PER_IMAGE
-LENGTH = 88  # longest prompt (83 tokens) + longest answer with <|im_end|> (3), rounded up
+SENTENCE_SHARE = 0.6  # rows whose answer is said as a sentence
+LENGTH = 96  # longest prompt (83 tokens) + longest sentence answer with <|im_end|> (7), rounded up
 PEAK_LR = 2e-3
 WARMUP_STEPS = 30
 WEIGHT_DECAY = 0.01
@@ -84,17 +95,28 @@ def answer_ids(processor: Processor, answer: str) -> list[int]:
     return [*ids, processor.tokenizer.convert_tokens_to_ids("<|im_end|>")]
 
 
+def supervised_answers(task: Task, step: int, examples: list[Example]) -> list[str]:
+    """The answer texts of the ``step``-th batch's rows: a sentence in ``SENTENCE_SHARE`` of
+    them (drawn from a stream named by the task's seed and the step), else the answer."""
+    rng = random.Random(f"{task.seed}/answers/{step}")
+    return [
+        sentence(ex.qtype, ex.answer) if rng.random() < SENTENCE_SHARE else ex.answer
+        for ex in examples
+    ]
+
+
 def train_batch(config, processor, task: Task, step: int) -> policy.Sequences:
     """The ``step``-th batch: ``QUESTIONS_PER_IMAGE`` questions (``Task.questions``) about
-    each of the train scenes ``step * IMAGES_PER_STEP ...``; the vision tower runs once per
-    scene."""
+    each of the train scenes ``step * IMAGES_PER_STEP ...``, answered as
+    ``supervised_answers`` says; the vision tower runs once per scene."""
     examples = [
         ex
         for j in range(IMAGES_PER_STEP)
         for ex in task.questions(step * IMAGES_PER_STEP + j, QUESTIONS_PER_IMAGE)
     ]
     prompts = [processor.prepare(ex.question, [ex.image]) for ex in examples]
-    answers = [answer_ids(processor, ex.answer) for ex in examples]
+    texts = supervised_answers(task, step, examples)
+    answers = [answer_ids(processor, text) for text in texts]
     rows = range(len(examples))
     image_of_prompt = [b // QUESTIONS_PER_IMAGE for b in rows]
     pad = processor.tokenizer.pad_token_id

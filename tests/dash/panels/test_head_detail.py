@@ -81,7 +81,7 @@ def test_target_cells_are_outlined_with_their_share_of_the_image_weight():
     text, _ = ev.render(HeadDetail(), (80, 24), frame)
     screen = "\n".join(text)
     # the row puts 0.5 of its 0.5 image weight on cell (1, 2): a share of 1.00
-    assert "[ ] the shapes asked about (ground truth) · their share 1.00" in screen
+    assert "image 0 · merged 4×4 · Σ weight 0.500 · [ ] asked shapes 1.00" in screen
     grid_rows = [r for r in text if r.startswith("│ ") and set(r[2:6]) <= set("░▒▓█[]")]
     scale = len(grid_rows) // 4
     cell = 2 * scale

@@ -39,30 +39,30 @@ def test_every_metric_with_its_latest_value_and_a_sparkline():
     screen = "\n".join(text)
     assert "TRAIN  step 19 · 20 kept" in text[0]
     for label in (
-        "reward 0.59",
-        "reward_std 0.25",
-        "frac_reward_zero_std 0.25",
-        "rewards/color 0.69",
-        "count 0.75",
-        "completions/mean_length 2.5",
-        "max_length 4",
+        "reward 0.590",
+        "reward_std 0.250",
+        "frac_reward_zero_std 0.250",
+        "rewards/color 0.690",
+        "count 0.750",
+        "completions/mean_length 2.500",
+        "max_length 4.000",
         "clipped_ratio 0.125",
-        "kl 0.0125",
-        "entropy 1.5",
-        "clip_ratio 0.1",
-        "grad_norm 0.8",
-        "advantages/min -1.5",
-        "mean 0",
-        "max 1.25",
-        "timing_s/gen 2",
-        "update_actor 4",
-        "step 25",
+        "kl 0.013",
+        "entropy 1.500",
+        "clip_ratio 0.100",
+        "grad_norm 0.800",
+        "advantages/min -1.500",
+        "mean 0.000",
+        "max 1.250",
+        "timing_s/gen 2.000",
+        "update_actor 4.000",
+        "step 25.0",
     ):
         assert label in screen, label
     # the reward rose every update: its sparkline climbs from the lowest to the highest level
     rewards = [0.4 + 0.01 * i for i in range(20)]
-    assert "reward 0.59 " + _numpy_sparkline(rewards, 8) in screen
-    assert ev.attr_of(runs, _numpy_sparkline(rewards, 8)) == "bar"
+    assert "reward 0.590 " + _numpy_sparkline(rewards, 6) in screen
+    assert ev.attr_of(runs, _numpy_sparkline(rewards, 6)) == "bar"
 
 
 def test_progress_of_the_running_phase_and_what_s_does_when_paused():
@@ -92,9 +92,9 @@ def test_train_on_the_screen(size):
     d.show(ev.frame([*_run(), ev.group(), tm.PhaseEvent("decode", True, 1.0, 3, 64)]))
     screen = "\n".join(line.decode() for line in d.render(size).text)
     assert "TRAIN  step 19" in screen and "sampling prompts 3/64" in screen
-    assert "reward 0.59" in screen
+    assert "reward 0.590" in screen
     if size == (160, 48):  # every metric fits
-        assert "timing_s/gen 2" in screen and "advantages/min -1.5" in screen
+        assert "timing_s/gen 2.000" in screen and "advantages/min -1.500" in screen
 
 
 def test_state_keeps_the_run_and_the_group():

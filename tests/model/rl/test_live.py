@@ -201,7 +201,7 @@ def test_paused_single_steps_decode_the_watched_answer_then_run_the_rest_of_the_
     )
     worker.start()
 
-    def settled(predicate, timeout=120.0):
+    def settled(predicate, timeout=300.0):
         end = time.monotonic() + timeout
         while not predicate():
             assert time.monotonic() < end, [e.kind for e in sink.events][-12:]
