@@ -75,7 +75,7 @@ def run_sparkline(values: list[float], cols: int) -> str:
     if finite.size == 0:
         return ""
     lo, span = finite.min(), np.ptp(finite)
-    if span <= 1e-9 * max(1.0, float(np.abs(finite).max())):
+    if span <= 1e-6 * max(1.0, float(np.abs(finite).max())):  # float noise, e.g. a mean of 0
         return SPARK[0] * finite.size
     return "".join(SPARK[min(7, int((v - lo) / span * 8))] for v in finite)
 

@@ -31,6 +31,7 @@ def test_run_sparkline_bins_the_whole_run():
     assert run_sparkline(values, 8) == _numpy_sparkline(values, 8)
     assert run_sparkline([1.0, 2.0, 3.0], 8) == _numpy_sparkline([1.0, 2.0, 3.0], 3)
     assert run_sparkline([0.25] * 20, 6) == SPARK[0] * 6  # did not move: flat
+    assert run_sparkline(list(rng.normal(scale=1e-8, size=12)), 6) == SPARK[0] * 6  # float noise
     assert run_sparkline([float("nan")], 4) == ""
 
 
