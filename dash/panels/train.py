@@ -84,7 +84,8 @@ def short(x: float | None) -> str:
     """A value with three decimals (one from 10, none from 100), or an em dash."""
     if not state.finite(x):
         return "—"
-    return f"{x:.0f}" if abs(x) >= 100 else f"{x:.1f}" if abs(x) >= 10 else f"{x:.3f}"
+    text = f"{x:.0f}" if abs(x) >= 100 else f"{x:.1f}" if abs(x) >= 10 else f"{x:.3f}"
+    return "0.000" if text == "-0.000" else text
 
 
 def progress(frame: state.Frame) -> Row:
