@@ -47,6 +47,9 @@ EXIT_FORCED = 130
 # rollout thread needs it only briefly between device computations, and at 5 ms a wait per
 # decode step would slow the run being watched (bench/telemetry_overhead.py measures it).
 SWITCH_INTERVAL_S = 0.0005
+# After a single step the rollout's first events are drawn this long after the key (seconds)
+# instead of at the next frame, so a step shows what it started within a frame's time.
+STEP_ECHO_S = (0.01, 0.03)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -172,10 +175,14 @@ class App:
         period = 1.0 / self.options.fps
         next_tick = anyio.current_time()
         while True:
-            self.view = state.reduce_all(self.view, self.channel.drain())
-            self._redraw()
+            self._pull()
             next_tick = max(next_tick + period, anyio.current_time())  # late: no catching up
             await anyio.sleep(max(0.0, next_tick - anyio.current_time()))
+
+    def _pull(self) -> None:
+        """Fold what the channel holds into the view and draw it."""
+        self.view = state.reduce_all(self.view, self.channel.drain())
+        self._redraw()
 
     async def _signals(self) -> None:
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
@@ -221,6 +228,8 @@ class App:
             self.request_quit()
         elif command == "step":
             self.control.step_once()
+            for delay in STEP_ECHO_S:
+                self.loop.call_later(delay, self._pull)
         elif command == "take_control":
             take = getattr(self.control, "take_control", None)  # only a viewer's control
             if take is not None:

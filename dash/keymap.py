@@ -68,7 +68,14 @@ BINDINGS: tuple[Binding, ...] = (
     Binding("take_control", ("c",), "c", "take control of the producer (--attach)", "Rollout"),
     Binding("help", ("?",), "?", "this help", "App", "help"),
     Binding("close", ("esc",), "Esc", "close help / traceback", "App"),
-    Binding("quit", ("q", "ctrl c"), "q Ctrl-C", "quit (stops the rollout; --attach: detaches, the producer runs on)", "App", "quit"),
+    Binding(
+        "quit",
+        ("q", "ctrl c"),
+        "q Ctrl-C",
+        "quit (stops the rollout; --attach: detaches, the producer runs on)",
+        "App",
+        "quit",
+    ),
 )
 
 _BY_KEY: dict[str, str] = {key: b.command for b in BINDINGS for key in b.keys}
