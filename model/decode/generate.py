@@ -255,7 +255,7 @@ def generate(
             sel,
             telemetry=telemetry,
         )
-        schedule.dispatched(sel, results)
+        schedule.dispatched(count, sel, results)
     return Generation(
         tokens=tokens_kept.out,
         lengths=tokens_kept.lengths,

@@ -51,8 +51,9 @@ class Tokens:
 
 
 class Schedule:
-    """The decode loop's chunks: ``chunks()`` yields each next chunk's size, the caller
-    dispatches it and hands the selection it used and its device results to ``dispatched``.
+    """The decode loop's chunks: ``chunks()`` yields each next chunk's proposed size, the
+    caller dispatches a chunk (of that size, or of the size all processes agreed on) and hands
+    its size, the selection it used and its device results to ``dispatched``.
     ``deliver(first, selection, results, seconds)`` is called for each chunk once its
     results are on the host, in order, with the chunk's first step and time (``None`` when
     it included compiling); it returns the number of steps the chunk ran."""
@@ -83,19 +84,18 @@ class Schedule:
                     self._fetch()
                 if not self.control.gate():
                     break
-            count = self._size()
-            yield count
-            self.step += count
+            yield self._size()
         self._fetch()
 
-    def dispatched(self, selection: np.ndarray, results) -> None:
-        """The chunk just dispatched with ``selection``, its ``results`` still on the
-        device: their copies start now, and the previous chunk is fetched while the device
-        computes this one."""
+    def dispatched(self, count: int, selection: np.ndarray, results) -> None:
+        """The chunk of ``count`` steps just dispatched with ``selection``, its ``results``
+        still on the device: their copies start now, and the previous chunk is fetched while
+        the device computes this one."""
         for a in jax.tree.leaves(results):
             a.copy_to_host_async()
         self._fetch()
         self._pending = (self.step, selection, results, time.perf_counter())
+        self.step += count
 
     def _size(self) -> int:
         if (self.control is not None and self.control.paused) or self.step_seconds is None:
