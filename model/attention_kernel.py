@@ -11,8 +11,8 @@ the step's queries (all ``Hq`` of them: one dot of Triton's smallest height serv
 head's group) and its KV head's key, scores its block and writes the block's maximum score,
 sum of exponentials and weighted sum of values; a small XLA fusion combines the blocks of
 each query head's own KV head. Giving each block its own program keeps the GPU's memory
-busy: one program per head looping over the blocks took 15 us per layer of the 2B model, as
-long as XLA's kernels. With ``parts`` the kernel also writes every slot's score (``NEG_INF``
+busy, which one program per head looping over the blocks does not (it was no faster than
+XLA's kernels). With ``parts`` the kernel also writes every slot's score (``NEG_INF``
 where masked), which the telemetry reads with the maximum and the log-sum-exp.
 
 The arithmetic is that of ``RMSNorm``, ``apply_rotary`` and ``cached_attention``, with the
