@@ -156,3 +156,15 @@ def test_readme_event_table_is_the_dataclasses():
     assert table.keys() == want.keys()
     for kind in want:
         assert table[kind] == want[kind], kind
+
+
+def test_readme_example_lines_are_events():
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme.split("### Event format (JSON Lines)")[1].split("\n### ")[0]
+    example = section.split("Example (shortened):")[1].split("```")[1]
+    lines = [line for line in example.splitlines() if line.strip()]
+    assert [type(tm.from_record(json.loads(line))) for line in lines] == [
+        tm.RunInfo,
+        tm.PhaseEvent,
+        tm.TrainEvent,
+    ]
