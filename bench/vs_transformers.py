@@ -63,6 +63,7 @@ def ours(emb: embedded.Embedded, new_tokens: int) -> dict:
         max_new_tokens=new_tokens,
         telemetry=True,
         on_chunk=chunks.append,
+        token_texts=emb.processor.token_texts,
     )
     seconds = time.perf_counter() - start
     assert sum(len(c.token_ids) for c in chunks) == new_tokens and gen.steps == new_tokens - 1
