@@ -14,8 +14,12 @@
    time from sending the key to the head detail's title ``L0 H<h>`` on screen is measured,
    with a random pause between presses so they land anywhere in the frame cycle.
    Target: <= 100 ms. (pexpect's default 50 ms pause before each send is switched off.)
+3. Step to screen. In the same live run, paused, ``s`` steps the watched answer to its end;
+   one more ``s`` runs the rest of the GRPO step (the other prompts, the reward, the
+   update). The time from that key to the train panel's progress of it on screen ("sampling
+   prompts n/P") is measured, once per GRPO step for ``--updates`` steps. Target: <= 100 ms.
 
-    python -m bench.frame_cost [--steps N] [--frames N] [--presses N]
+    python -m bench.frame_cost [--steps N] [--frames N] [--presses N] [--updates N]
 """
 
 from __future__ import annotations
@@ -45,6 +49,9 @@ SIZE = (160, 48)
 BUDGET_MS = 50.0  # one frame at 20 FPS
 TARGET_RENDER_MS = 10.0
 TARGET_KEY_MS = 100.0
+AFTER_ANSWER = "after the watched answer"  # the train panel, paused at a finished answer
+# the train panel's progress of the rest of the step (the watched answer's decode has none)
+RUNNING = r"sampling prompts \d+/\d+|rewarding|optimizer updates \d+/\d+"
 
 
 def recorded_views(steps: int) -> tuple[list[state.View], int]:
@@ -154,11 +161,54 @@ def key_latencies(presses: int) -> list[float]:
     return latencies
 
 
+def _read_for(live: LiveDashboard, seconds: float) -> None:
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        live.read()
+
+
+def _episode(text: str) -> int:
+    match = re.search(r"episode (\d+) · sample", text)
+    return int(match[1]) if match else -1
+
+
+def step_latencies(updates: int) -> list[float]:
+    """Milliseconds from the ``s`` that runs the rest of a GRPO step to its phase on
+    screen, for ``updates`` steps."""
+    live = LiveDashboard(*SIZE)
+    latencies = []
+    try:
+        live.wait_for(r"step \d+", timeout=300)  # the first update compiled, as above
+        live.child.send("p")
+        live.wait_for("PAUSED", timeout=10)
+        for _ in range(updates):
+            while True:  # step the watched answer to its end, one decode step a press
+                _read_for(live, 0.2)  # a whole frame: the hint or not
+                if AFTER_ANSWER in "\n".join(live.screen.display):
+                    break
+                live.child.send("s")
+            episode = _episode("\n".join(live.screen.display))
+            live.changed_text()
+            sent = time.monotonic()
+            live.child.send("s")
+            latencies.append((live.wait_for(RUNNING, timeout=10) - sent) * 1e3)
+            end = time.monotonic() + 120  # the step ends; the next watched prefill arrives
+            while _episode("\n".join(live.screen.display)) <= episode:
+                if time.monotonic() > end:
+                    screen = "\n".join(live.screen.display)
+                    raise TimeoutError(f"no next watched prompt 120 s after the step:\n{screen}")
+                live.read()
+    finally:
+        live.close()
+    return latencies
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--steps", type=int, default=32, help="decode steps recorded (32)")
     p.add_argument("--frames", type=int, default=300, help="frames rendered (300)")
     p.add_argument("--presses", type=int, default=20, help="key presses (20)")
+    p.add_argument("--updates", type=int, default=5, help="GRPO steps run by a key (5)")
     args = p.parse_args(argv)
     report.start("frame cost and key-to-screen latency at 160x48")
 
@@ -166,6 +216,9 @@ def main(argv: list[str] | None = None) -> int:
     keys = key_latencies(args.presses)
     key_median, key_max = report.median(keys), max(keys)
     print(f"key to screen: median {key_median:.0f} ms, max {key_max:.0f} ms", flush=True)
+    steps = step_latencies(args.updates)
+    step_median, step_max = report.median(steps), max(steps)
+    print(f"step to screen: median {step_median:.0f} ms, max {step_max:.0f} ms", flush=True)
     views, events = recorded_views(args.steps)
     print(f"# recorded {events} events of the live default run, {len(views)} decode views")
     render_ms, write_ms = frame_times(views, args.frames)
@@ -191,11 +244,18 @@ def main(argv: list[str] | None = None) -> int:
             ),
             ("each press ms", " ".join(f"{k:.0f}" for k in keys)),
             (
+                "step to screen",
+                f"median {step_median:.0f} ms, max {step_max:.0f} ms over {len(steps)} GRPO "
+                "steps (paused after the watched answer: s until its progress shows)",
+            ),
+            ("each step ms", " ".join(f"{k:.0f}" for k in steps)),
+            (
                 "targets",
                 f"render median <= {TARGET_RENDER_MS:.0f} ms: "
                 f"{report.verdict(render <= TARGET_RENDER_MS)}; key <= {TARGET_KEY_MS:.0f} ms: "
                 f"{report.verdict(key_max <= TARGET_KEY_MS)} (max), "
-                f"{report.verdict(key_median <= TARGET_KEY_MS)} (median)",
+                f"{report.verdict(key_median <= TARGET_KEY_MS)} (median); step <= "
+                f"{TARGET_KEY_MS:.0f} ms: {report.verdict(step_max <= TARGET_KEY_MS)} (max)",
             ),
         ],
     )
