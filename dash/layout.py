@@ -125,7 +125,7 @@ class Dashboard(urwid.Widget):
         )
         vision = 5 + (len(view.prefill.images) if view.prefill else 1)
         if rl:  # the head detail keeps DETAIL_WANT rows, the train panel comes next
-            train_rows = Train.rows_wanted(self.frame, right_cols)
+            train_rows = self.train.rows_wanted(self.frame, right_cols)
             rest = body - vision - 6 - DETAIL_WANT
             credit = max(CREDIT_MIN, min(10, rest - train_rows))
             train = max(TRAIN_MIN, min(train_rows, rest - credit))

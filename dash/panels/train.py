@@ -144,6 +144,16 @@ def metric_lines(frame: state.Frame, cols: int) -> list[Row]:
 
 
 class Train(Panel):
+    # the last layout of the metrics: (train history, cols, lines); the history changes once
+    # an update, the frames in between (and ``rows_wanted`` in each) reuse it
+    _laid_out: tuple = ((), -1, [])
+
+    def _metric_lines(self, frame: state.Frame, cols: int) -> list[Row]:
+        history = frame.view.train_history
+        if self._laid_out[0] is not history or self._laid_out[1] != cols:
+            self._laid_out = (history, cols, metric_lines(frame, cols))
+        return self._laid_out[2]
+
     def heading(self, frame: state.Frame) -> Row:
         train = frame.view.train
         head: Row = [("title", "TRAIN")]
@@ -158,11 +168,10 @@ class Train(Panel):
             if view.run is not None and view.run.mode == "inference":
                 return lines + [[("dim", "inference run: no updates")]]
             return lines + waiting("waiting for the first update…")
-        return lines + metric_lines(frame, cols)
+        return lines + self._metric_lines(frame, cols)
 
-    @staticmethod
-    def rows_wanted(frame: state.Frame, cols: int) -> int:
+    def rows_wanted(self, frame: state.Frame, cols: int) -> int:
         """Rows (borders included) that show every metric at ``cols`` columns."""
         if frame.view.train is None:
             return 4
-        return 3 + len(metric_lines(frame, cols - 2))
+        return 3 + len(self._metric_lines(frame, cols - 2))

@@ -37,13 +37,13 @@ def embedded_processor():
     return Processor.from_pretrained(ASSETS)
 
 
-@pytest.fixture(scope="session")
-def random_model(embedded_processor):
-    """A tiny random Qwen3-VL whose vocabulary and image tokens are the processor's."""
+def tiny_random_model(processor):
+    """A tiny random Qwen3-VL whose vocabulary and image tokens are ``processor``'s: small
+    enough to compile in seconds."""
     from model.config import Qwen3VLConfig, TextConfig, VisionConfig
     from model.qwen3_vl import init_random
 
-    vocab = embedded_processor.tokenizer.get_vocab()
+    vocab = processor.tokenizer.get_vocab()
     config = Qwen3VLConfig(
         text=TextConfig(
             vocab_size=len(vocab),
@@ -70,3 +70,9 @@ def random_model(embedded_processor):
         vision_end_token_id=vocab["<|vision_end|>"],
     )
     return init_random(config, seed=0)
+
+
+@pytest.fixture(scope="session")
+def random_model(embedded_processor):
+    """``tiny_random_model`` of the embedded processor."""
+    return tiny_random_model(embedded_processor)
