@@ -56,7 +56,7 @@ class Qwen3VL(nnx.Module):
         """Normed hidden state ``[..., D]`` -> float32 logits ``[..., vocab]``."""
         if self.lm_head is None:
             w = self.language_model.embed_tokens.weight[...]
-            return jnp.einsum("...d,vd->...v", h, w).astype(jnp.float32)
+            return layers.project(h, w).astype(jnp.float32)
         return self.lm_head(h).astype(jnp.float32)
 
     def logits(self, input_ids, pixel_values=None, image_grid_thw=None) -> np.ndarray:

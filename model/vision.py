@@ -37,7 +37,7 @@ class PatchConv(nnx.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         """``x [N, C*Tp*P*P]`` flattened patches -> ``[N, D]``."""
         w = self.weight[...]
-        return jnp.einsum("ni,oi->no", x, w.reshape(w.shape[0], -1)) + self.bias[...]
+        return layers.project(x, w.reshape(w.shape[0], -1)) + self.bias[...]
 
 
 class PatchEmbed(nnx.Module):
