@@ -45,6 +45,42 @@ def project(x: jax.Array, weight: jax.Array) -> jax.Array:
     return y.astype(dtype)
 
 
+def _moved_through_float32(x: jax.Array) -> bool:
+    """XLA:CPU slices and gathers bfloat16 through float32: it converts the whole array
+    first, and inside a loop it does so once before the loop and keeps the copy for the
+    loop's run (a row of the embedding table costs a float32 copy of the table). Such arrays
+    are moved as their bits, ``uint16``: XLA:CPU materialises that view too, but at the
+    array's own size, half the float32 copy."""
+    return x.dtype == jnp.bfloat16 and jax.default_backend() == "cpu"
+
+
+@jax.custom_vjp
+def _take_bits(table: jax.Array, ids: jax.Array) -> jax.Array:
+    """``jnp.take(table, ids, axis=0)`` through ``uint16`` (ids out of range clip)."""
+    bits = jax.lax.bitcast_convert_type(table, jnp.uint16)
+    return jax.lax.bitcast_convert_type(jnp.take(bits, ids, axis=0, mode="clip"), table.dtype)
+
+
+def _take_bits_forward(table, ids):
+    return _take_bits(table, ids), (table, ids)
+
+
+def _take_bits_backward(saved, cotangent):
+    table, ids = saved  # the table is saved for its shape: it is alive anyway
+    return jnp.zeros_like(table).at[ids].add(cotangent), None
+
+
+_take_bits.defvjp(_take_bits_forward, _take_bits_backward)
+
+
+def take_rows(table: jax.Array, ids: jax.Array) -> jax.Array:
+    """``table [N, ...]`` at ``ids [...]`` -> ``[..., ...]``: ``jnp.take`` on axis 0, moving
+    bfloat16 on a CPU as bits (with the same gradient)."""
+    if _moved_through_float32(table):
+        return _take_bits(table, ids)
+    return jnp.take(table, ids, axis=0)
+
+
 class Linear(nnx.Module):
     """``y = x @ weight.T + bias`` with ``weight [out, in]``, ``bias [out]``."""
 
@@ -66,7 +102,7 @@ class Embedding(nnx.Module):
 
     def __call__(self, ids: jax.Array) -> jax.Array:
         """``ids [...]`` -> ``[..., dim]``."""
-        return jnp.take(self.weight[...], ids, axis=0)
+        return take_rows(self.weight[...], ids)
 
 
 class RMSNorm(nnx.Module):
@@ -122,6 +158,9 @@ def scan(
 ):
     """Run ``body`` over the stacked ``layers[start:stop]`` in one ``jax.lax.scan``.
 
+    The loop reads each layer out of the stack by its index (``take_rows``) where the stack
+    would otherwise move through float32, and scans over the sliced stack elsewhere.
+
     Args:
         layers: a module made by ``stack``, parameters ``[n, ...]``.
         body: ``body(layer, carry, x) -> (carry, y)``; ``layer`` is one layer's module (its
@@ -131,6 +170,16 @@ def scan(
         ``(carry, ys)`` as ``jax.lax.scan``: ``ys`` has a leading axis of ``stop - start``.
     """
     graphdef, state = nnx.split(layers)
+    if any(_moved_through_float32(a) for a in jax.tree.leaves(state)):
+        stop = jax.tree.leaves(state)[0].shape[0] if stop is None else stop
+
+        def step_by_index(c, inputs):
+            index, x = inputs
+            layer_state = jax.tree.map(lambda a: take_rows(a, index), state)
+            return body(nnx.merge(graphdef, layer_state), c, x)
+
+        return jax.lax.scan(step_by_index, carry, (jnp.arange(start, stop), xs))
+
     state = jax.tree.map(lambda a: a[start:stop], state)
 
     def step(c, inputs):
