@@ -27,18 +27,20 @@ def normal_init(rngs: nnx.Rngs, shape: tuple[int, ...], dtype) -> jax.Array:
 
 
 def project(x: jax.Array, weight: jax.Array) -> jax.Array:
-    """``x [..., in] @ weight [out, in].T`` -> ``[..., out]``, accumulated in float32 and
-    rounded to the operands' dtype, as transformers' bfloat16 matmuls are.
+    """``x [..., in] @ weight [out, in].T`` -> ``[..., out]`` in the operands' dtype.
 
     XLA:CPU multiplies bfloat16 weights as they are (XNNPACK, on CPUs with AVX512-BF16) only
     in a product of two rows or more with a float32 result. Any other bfloat16 product it
     computes on a float32 copy of the weight, and in the decode loop, whose weights never
     change, it converts every layer's before the loop and keeps them all: a float32 copy of
-    the decoder besides the bfloat16 one. So the float32 result is asked for, and on a CPU a
-    single row (one answer decoding) is multiplied as two, the second zero.
+    the decoder besides the bfloat16 one. So on a CPU a bfloat16 product asks for the
+    float32 result, rounded after (as transformers' bfloat16 matmuls are), and a single row
+    (one answer decoding) is multiplied as two, the second zero.
     """
     dtype = jnp.result_type(x, weight)
-    if dtype == jnp.bfloat16 and math.prod(x.shape[:-1]) == 1 and jax.default_backend() == "cpu":
+    if dtype != jnp.bfloat16 or jax.default_backend() != "cpu":
+        return jnp.einsum("...i,oi->...o", x, weight)
+    if math.prod(x.shape[:-1]) == 1:
         rows = jnp.pad(x.reshape(1, -1), ((0, 1), (0, 0)))
         return project(rows, weight)[:1].reshape(*x.shape[:-1], -1)
     y = jnp.einsum("...i,oi->...o", x, weight, preferred_element_type=jnp.float32)

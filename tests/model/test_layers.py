@@ -14,7 +14,7 @@ def _bfloat16(rng, *shape):
 
 
 @pytest.mark.parametrize("rows", [(1,), (1, 1), (3,), (2, 5)])
-def test_project_is_the_float32_product_rounded_once(rows):
+def test_project_is_the_product_rounded_once(rows):
     rng = np.random.default_rng(0)
     x, w = _bfloat16(rng, *rows, 64), _bfloat16(rng, 48, 64)
     got = jax.jit(project)(x, w)
