@@ -11,7 +11,6 @@ not ``n``).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import jax
@@ -26,39 +25,42 @@ def normal_init(rngs: nnx.Rngs, shape: tuple[int, ...], dtype) -> jax.Array:
     return (INIT_STD * jax.random.normal(rngs.params(), shape, jnp.float32)).astype(dtype)
 
 
+def _cpu_bfloat16(dtype) -> bool:
+    """Whether XLA:CPU handles arrays of ``dtype`` through float32 copies.
+
+    It multiplies bfloat16 weights as they are (XNNPACK, on CPUs with AVX512-BF16) only in a
+    product of two rows or more with a float32 result, and slices and gathers bfloat16 only
+    through float32. Otherwise it converts the whole array first, and inside a loop, whose
+    weights never change, it does so once before the loop and keeps the copy for the loop's
+    run: a float32 copy of the decoder, of the embedding table for a token's row, of the
+    vision tower's stacked blocks.
+    """
+    return dtype == jnp.bfloat16 and jax.default_backend() == "cpu"
+
+
 def project(x: jax.Array, weight: jax.Array) -> jax.Array:
     """``x [..., in] @ weight [out, in].T`` -> ``[..., out]`` in the operands' dtype.
 
-    XLA:CPU multiplies bfloat16 weights as they are (XNNPACK, on CPUs with AVX512-BF16) only
-    in a product of two rows or more with a float32 result. Any other bfloat16 product it
-    computes on a float32 copy of the weight, and in the decode loop, whose weights never
-    change, it converts every layer's before the loop and keeps them all: a float32 copy of
-    the decoder besides the bfloat16 one. So on a CPU a bfloat16 product asks for the
-    float32 result, rounded after (as transformers' bfloat16 matmuls are), and a single row
-    (one answer decoding) is multiplied as two, the second zero.
+    Where bfloat16 needs it (``_cpu_bfloat16``), the product asks for the float32 result,
+    rounded after (as transformers' bfloat16 matmuls are), and a single row (one answer
+    decoding) is multiplied as two, the second zero.
     """
     dtype = jnp.result_type(x, weight)
-    if dtype != jnp.bfloat16 or jax.default_backend() != "cpu":
+    if not _cpu_bfloat16(dtype):
         return jnp.einsum("...i,oi->...o", x, weight)
-    if math.prod(x.shape[:-1]) == 1:
-        rows = jnp.pad(x.reshape(1, -1), ((0, 1), (0, 0)))
-        return project(rows, weight)[:1].reshape(*x.shape[:-1], -1)
-    y = jnp.einsum("...i,oi->...o", x, weight, preferred_element_type=jnp.float32)
-    return y.astype(dtype)
-
-
-def _moved_through_float32(x: jax.Array) -> bool:
-    """XLA:CPU slices and gathers bfloat16 through float32: it converts the whole array
-    first, and inside a loop it does so once before the loop and keeps the copy for the
-    loop's run (a row of the embedding table costs a float32 copy of the table). Such arrays
-    are moved as their bits, ``uint16``: XLA:CPU materialises that view too, but at the
-    array's own size, half the float32 copy."""
-    return x.dtype == jnp.bfloat16 and jax.default_backend() == "cpu"
+    rows = x.reshape(-1, x.shape[-1])
+    n = rows.shape[0]
+    if n == 1:
+        rows = jnp.pad(rows, ((0, 1), (0, 0)))
+    y = jnp.einsum("ri,oi->ro", rows, weight, preferred_element_type=jnp.float32)[:n]
+    return y.reshape(*x.shape[:-1], -1).astype(dtype)
 
 
 @jax.custom_vjp
 def _take_bits(table: jax.Array, ids: jax.Array) -> jax.Array:
-    """``jnp.take(table, ids, axis=0)`` through ``uint16`` (ids out of range clip)."""
+    """``jnp.take(table, ids, axis=0)`` through ``uint16``, the bits of bfloat16: XLA:CPU
+    materialises that view too, but at the table's own size, half the float32 copy (ids out
+    of range clip)."""
     bits = jax.lax.bitcast_convert_type(table, jnp.uint16)
     return jax.lax.bitcast_convert_type(jnp.take(bits, ids, axis=0, mode="clip"), table.dtype)
 
@@ -78,7 +80,7 @@ _take_bits.defvjp(_take_bits_forward, _take_bits_backward)
 def take_rows(table: jax.Array, ids: jax.Array) -> jax.Array:
     """``table [N, ...]`` at ``ids [...]`` -> ``[..., ...]``: ``jnp.take`` on axis 0, moving
     bfloat16 on a CPU as bits (with the same gradient)."""
-    if _moved_through_float32(table):
+    if _cpu_bfloat16(table.dtype):
         return _take_bits(table, ids)
     return jnp.take(table, ids, axis=0)
 
@@ -172,7 +174,7 @@ def scan(
         ``(carry, ys)`` as ``jax.lax.scan``: ``ys`` has a leading axis of ``stop - start``.
     """
     graphdef, state = nnx.split(layers)
-    if any(_moved_through_float32(a) for a in jax.tree.leaves(state)):
+    if any(_cpu_bfloat16(a.dtype) for a in jax.tree.leaves(state)):
         stop = jax.tree.leaves(state)[0].shape[0] if stop is None else stop
 
         def step_by_index(c, inputs):
